@@ -1,0 +1,3 @@
+"""xbench: zero-shot cross-lingual transfer evaluation."""
+
+__version__ = "0.1.0"

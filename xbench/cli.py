@@ -1,0 +1,194 @@
+"""Command line: ``xbench run``, ``xbench tasks list`` and ``xbench leaderboard``.
+
+The command line parses flags into a :class:`~xbench.runner.RunConfig` and
+calls the library. ``python run_benchmark.py`` takes the same flags as
+``xbench run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("xbench")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", type=_str_list, default=None, help="Comma-separated task names (default: xnli,wikiann,sentiment; see 'xbench tasks list').")
+    parser.add_argument("--model", action="append", default=None, help=(
+        "Model to fine-tune: a local model folder or a Hugging Face Hub id (default: bert-base-multilingual-cased). "
+        "Also 'tiny-random:TOKENIZER' for a tiny random BERT on a tokenizer, and 'random-init:MODEL' for MODEL's "
+        "architecture with random weights. Repeat the flag to run several models."))
+    parser.add_argument("--data-dir", type=Path, default=None, help="Local data root laid out as the task files' local sources say. Without it, data comes from the Hugging Face Hub.")
+    parser.add_argument("--output", type=Path, default=None, help="Run folder for results, predictions, checkpoints and tables (default: runs/xbench). Rerunning with the same folder resumes.")
+    parser.add_argument("--source-lang", default=None, help="Language to fine-tune on (default: each task's source_language, en).")
+    parser.add_argument("--target-langs", type=_str_list, default=None, help="Comma-separated languages to score (default: every language the task declares).")
+    parser.add_argument("--max-train-examples", type=int, default=None, help="Train on at most this many examples, chosen at random with a fixed seed (default: all; quick preset: 5000).")
+    parser.add_argument("--max-eval-examples", type=int, default=None, help="Score at most this many test examples per language, chosen the same way (default: all; quick preset: 500).")
+    parser.add_argument("--max-dev-examples", type=int, default=None, help="Use at most this many source-language dev examples for epoch selection (default: all; quick preset: 500).")
+    parser.add_argument("--epochs", type=float, default=None, help="Training epochs (default: the task file's, e.g. 5 for xnli, 10 for wikiann; quick preset: 3).")
+    parser.add_argument("--learning-rate", type=float, default=None, help="Peak AdamW learning rate (default: the task file's, 2e-5; quick preset: 5e-5).")
+    parser.add_argument("--batch-size", type=int, default=None, help="Training batch size in examples (default: the task file's, 32).")
+    parser.add_argument("--max-seq-length", type=int, default=None, help="Maximum subword tokens per model input (default: the task file's, 128). Longer NER sentences are split into windows.")
+    parser.add_argument("--seed", type=int, default=None, help="Random seed for fine-tuning (default: 1).")
+    parser.add_argument("--seeds", type=_int_list, default=None, help="Comma-separated seeds; fine-tunes once per seed and reports mean and standard deviation (overrides --seed).")
+    parser.add_argument("--preset", choices=["quick", "demo"], default=None, help=(
+        "'quick': a subsampled first look that ends in minutes on a CPU. 'demo': bundled toy data and a tiny model "
+        "built on the fly; needs no network, data or download, and its scores mean nothing."))
+    parser.add_argument("--overwrite", choices=["skip", "recompute", "fail"], default="skip", help="What to do with results already in the run folder: skip them (default), recompute them, or fail.")
+    parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files (*.yaml), added to the built-in tasks. Repeatable.")
+    parser.add_argument("--skip-training", action="store_true", help="Evaluate --model as given; it must be a checkpoint fine-tuned for the task with the same labels.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xbench", description="Zero-shot cross-lingual transfer benchmark.")
+    parser.add_argument("--version", action="version", version=f"xbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_parser = commands.add_parser("run", help="Fine-tune on the source language and score every target language.")
+    add_run_arguments(run_parser)
+
+    tasks_parser = commands.add_parser("tasks", help="List the known tasks.")
+    tasks_commands = tasks_parser.add_subparsers(dest="tasks_command", required=True)
+    list_parser = tasks_commands.add_parser("list", help="Show each task with its languages and data sources.")
+    list_parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files. Repeatable.")
+
+    board_parser = commands.add_parser("leaderboard", help="Collect stored results of many runs into tables.")
+    board_parser.add_argument("results", nargs="+", type=Path, help="Run folders, store folders or result JSON files.")
+    board_parser.add_argument("--output", type=Path, default=None, help="Folder for leaderboard.{md,csv,tex,json,html} and plots (default: print markdown only).")
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+
+
+def config_from_args(args: argparse.Namespace):
+    from .runner import RunConfig
+
+    seeds = args.seeds or [args.seed if args.seed is not None else 1]
+    config = RunConfig(
+        tasks=args.tasks or ["xnli", "wikiann", "sentiment"],
+        models=args.model or ["bert-base-multilingual-cased"],
+        output=args.output or Path("runs/xbench"),
+        data_dir=args.data_dir,
+        source_lang=args.source_lang,
+        target_langs=args.target_langs,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples,
+        max_dev_examples=args.max_dev_examples,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        seeds=seeds,
+        overwrite=args.overwrite,
+        task_dirs=args.tasks_dir,
+        skip_training=args.skip_training,
+        preset=args.preset,
+    )
+    if args.preset == "demo":
+        from .demo import demo_config
+
+        config = demo_config(config, explicit_tasks=args.tasks is not None, explicit_model=args.model is not None, explicit_output=args.output is not None)
+    return config
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    run(config_from_args(args))
+    return 0
+
+
+def command_tasks_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .tasks import TaskRegistry, default_task_dirs
+
+    registry = TaskRegistry(default_task_dirs() + (args.tasks_dir or []))
+    rows = []
+    for name in registry.names():
+        task = registry.get(name)
+        sources = []
+        if task.hub:
+            sources.append(f"hub: {task.hub.dataset}")
+        if task.local:
+            sources.append("local")
+        rows.append([name, task.task_type, task.main_metric, task.source_language, ",".join(task.target_languages), "; ".join(sources)])
+    print(tabulate(rows, headers=["task", "type", "main metric", "source", "targets", "sources"], tablefmt="github"))
+    return 0
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    from . import leaderboard
+    from .results import load_records
+
+    records = load_records(args.results)
+    if not records:
+        print(f"No results found in {', '.join(map(str, args.results))}.", file=sys.stderr)
+        return 1
+    board = leaderboard.build_leaderboard(records)
+    print(leaderboard.to_markdown(board))
+    if args.output:
+        for path in leaderboard.write_leaderboard(board, args.output):
+            logger.info("wrote %s", path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    from .data import DataFormatError, HubUnavailableError, MissingLanguageError
+    from .models import LabelMismatchError, ModelNotFoundError
+    from .results import ResultExistsError
+    from .tasks import TaskFileError
+
+    expected_errors = (
+        DataFormatError, HubUnavailableError, MissingLanguageError, LabelMismatchError,
+        ModelNotFoundError, ResultExistsError, TaskFileError, FileNotFoundError, KeyError,
+    )
+    try:
+        if args.command == "run":
+            return command_run(args)
+        if args.command == "tasks":
+            return command_tasks_list(args)
+        if args.command == "leaderboard":
+            return command_leaderboard(args)
+    except expected_errors as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        logger.error("%s", message)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("Interrupted. Finished results are stored; run the same command again to resume.")
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
