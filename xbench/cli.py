@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     board_parser = commands.add_parser("leaderboard", help="Collect stored results of many runs into tables.")
     board_parser.add_argument("results", nargs="+", type=Path, help="Run folders, store folders or result JSON files.")
-    board_parser.add_argument("--output", type=Path, default=None, help="Folder for leaderboard.{md,csv,tex,json,html} and plots (default: print markdown only).")
+    board_parser.add_argument("--output", type=Path, default=None, help="Folder for leaderboard.{md,csv,tex,json,html} and PNG plots (default: print markdown only).")
+
+    compare_parser = commands.add_parser("compare", help="Per-language difference between two runs, with paired bootstrap p-values.")
+    compare_parser.add_argument("run_a", type=Path, help="Run folder of system A.")
+    compare_parser.add_argument("run_b", type=Path, help="Run folder of system B.")
     return parser
 
 
@@ -159,6 +163,13 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, comparisons_to_markdown
+
+    print(comparisons_to_markdown(compare_runs(args.run_a, args.run_b)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expected_errors = (
         DataFormatError, HubUnavailableError, MissingLanguageError, LabelMismatchError,
-        ModelNotFoundError, ResultExistsError, TaskFileError, FileNotFoundError, KeyError,
+        ModelNotFoundError, ResultExistsError, TaskFileError, FileNotFoundError, KeyError, ValueError,
     )
     try:
         if args.command == "run":
@@ -179,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             return command_tasks_list(args)
         if args.command == "leaderboard":
             return command_leaderboard(args)
+        if args.command == "compare":
+            return command_compare(args)
     except expected_errors as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         logger.error("%s", message)
+        logger.debug("Traceback:", exc_info=True)
         return 2
     except KeyboardInterrupt:
         logger.error("Interrupted. Finished results are stored; run the same command again to resume.")

@@ -139,7 +139,7 @@ def _record_row(record: dict) -> dict:
     if "is_source" in record and bool(record["is_source"]) != is_source:
         raise ValueError(
             f"result record {_describe(record)} has is_source={record['is_source']!r} but language "
-            f"{record['language']!r} and source_language {record['source_language']!r}"
+            f"{record['language']!r} and source_language {record['source_language']!r}. Fix the record's is_source"
         )
 
     return {
@@ -219,7 +219,9 @@ def _build_task_table(task: str, task_rows: pd.DataFrame, source: str, metric: s
         cells["n_seeds"][model] = count.rename(renamed)
         cells["partial"][model] = partial.rename(renamed)
 
-    frames = {name: pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns) for name, rows in cells.items()}
+    frames = {
+        name: pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns) for name, rows in cells.items()
+    }
     frames["n_seeds"] = frames["n_seeds"].fillna(0).astype(int)
     frames["partial"] = frames["partial"].fillna(False).astype(bool)
     lower_is_better = frozenset({GAP_COLUMN})
@@ -401,7 +403,10 @@ def _caption(table: ScoreTable) -> str:
             "in percent with one decimal. overall is the mean over tasks and is empty for a model "
             "that lacks a task."
         )
-    return text + " Bold marks the best value in each column. † marks an average over a subset of its languages or tasks, which is never marked best."
+    return (
+        f"{text} Bold marks the best value in each column. "
+        "† marks an average over a subset of its languages or tasks, which is never marked best."
+    )
 
 
 def _ordered_tables(lb: Leaderboard) -> list[ScoreTable]:
@@ -628,12 +633,16 @@ body { font-family: system-ui, sans-serif; margin: 2rem; color: #1a1a1a; backgro
 h1 { font-size: 1.6rem; }
 h2 { font-size: 1.2rem; margin-top: 2rem; }
 table.leaderboard { border-collapse: collapse; margin-bottom: 1rem; }
-table.leaderboard caption { caption-side: bottom; text-align: left; font-size: 0.85rem; color: #555; max-width: 60rem; padding-top: 0.4rem; }
+table.leaderboard caption {
+  caption-side: bottom; text-align: left; font-size: 0.85rem; color: #555; max-width: 60rem; padding-top: 0.4rem;
+}
 table.leaderboard th, table.leaderboard td { padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; }
 table.leaderboard td { text-align: right; font-variant-numeric: tabular-nums; }
 table.leaderboard td.model { text-align: left; }
 table.leaderboard thead th { border-bottom: 2px solid #333; }
-table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: none; cursor: pointer; padding: 0; }
+table.leaderboard th button {
+  font: inherit; font-weight: bold; background: none; border: none; cursor: pointer; padding: 0;
+}
 table.leaderboard th[aria-sort="ascending"] button::after { content: " \\25B2"; }
 table.leaderboard th[aria-sort="descending"] button::after { content: " \\25BC"; }
 table.leaderboard td.best { font-weight: bold; background: #eef6ee; }
@@ -814,7 +823,12 @@ def plot_transfer_gap(lb: Leaderboard, path: Path) -> Path:
         with_spread = np.isfinite(heights) & np.isfinite(spreads)
         if with_spread.any():
             axes.errorbar(
-                offsets[with_spread], heights[with_spread], yerr=spreads[with_spread], fmt="none", ecolor="black", capsize=3
+                offsets[with_spread],
+                heights[with_spread],
+                yerr=spreads[with_spread],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
             )
         handles.append(Patch(facecolor=color, label=_plot_text(model)))
 
@@ -865,7 +879,9 @@ def _write_plots(lb: Leaderboard, out_dir: Path) -> list[Path]:
     for task, table in lb.tasks.items():
         path = out_dir / f"heatmap_{_file_stem(task)}.png"
         if path in paths.values():
-            raise ValueError(f"tasks {task!r} and another task map to the same plot file {path.name}. Rename one of them")
+            raise ValueError(
+                f"tasks {task!r} and another task map to the same plot file {path.name}. Rename one of them"
+            )
         paths[task] = path
     written = [plot_heatmap(lb.tasks[task], path) for task, path in paths.items()]
     written.append(plot_transfer_gap(lb, out_dir / "transfer_gap.png"))

@@ -52,10 +52,10 @@ def check_word_counts(gold: list[list[str]], pred: list[list[str]], language: st
 def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
     """Entity-level scores in default and strict mode, plus F1 per type."""
     scores = {
-        "f1": float(f1_score(gold, pred)),
-        "precision": float(precision_score(gold, pred)),
-        "recall": float(recall_score(gold, pred)),
-        "f1_strict": float(f1_score(gold, pred, mode="strict", scheme=IOB2)),
+        "f1": float(f1_score(gold, pred, zero_division=0)),
+        "precision": float(precision_score(gold, pred, zero_division=0)),
+        "recall": float(recall_score(gold, pred, zero_division=0)),
+        "f1_strict": float(f1_score(gold, pred, mode="strict", scheme=IOB2, zero_division=0)),
         "accuracy": float(np.mean([g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps)])),
     }
     report = classification_report(gold, pred, output_dict=True, zero_division=0)

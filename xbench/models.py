@@ -103,8 +103,32 @@ def _require_source(path: str) -> None:
 
 
 def load_tokenizer(ref: ModelRef):
+    """Load the tokenizer of a model folder, a bare tokenizer folder or a hub id.
+
+    A folder with only ``vocab.txt`` and ``tokenizer.json`` (no
+    ``tokenizer_config.json``) is read as a BERT WordPiece tokenizer, so its
+    special tokens and token type ids are set as BERT expects.
+    """
     _require_source(ref.path)
+    folder = Path(ref.path)
+    if folder.is_dir() and not (folder / "tokenizer_config.json").is_file() and (folder / "vocab.txt").is_file():
+        return _bare_bert_tokenizer(folder)
     return AutoTokenizer.from_pretrained(ref.path)
+
+
+def _bare_bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    tokenizer_file = folder / "tokenizer.json"
+    lowercase = False
+    if tokenizer_file.is_file():
+        normalizer = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("normalizer") or {}
+        lowercase = bool(normalizer.get("lowercase", False))
+    return BertTokenizerFast(
+        vocab_file=str(folder / "vocab.txt"),
+        tokenizer_file=str(tokenizer_file) if tokenizer_file.is_file() else None,
+        do_lower_case=lowercase,
+    )
 
 
 def folder_hash(path: Path) -> str:
