@@ -75,7 +75,7 @@ def test_tsv_quote_fields_read_directly():
     assert rows[1].line == 3
 
 
-def test_tsv_wrong_column_count_names_file_and_line():
+def test_tsv_wrong_column_count_names_line():
     path = FIXTURES / "xnli_bad_columns.tsv"
 
     with pytest.raises(DataFormatError) as caught:
@@ -118,7 +118,7 @@ def test_contradictory_alias_maps_to_contradiction(tmp_path, xnli):
     assert {example.label for example in split.examples} <= set(xnli.labels)
 
 
-def test_invalid_utf8_names_file_line_and_offset(tmp_path, xnli):
+def test_invalid_utf8_names_line_and_offset(tmp_path, xnli):
     data = (FIXTURES / "xnli_invalid_utf8.tsv").read_bytes()
     assert data.count(b"\xff") == 1
     offset = data.index(b"\xff")
@@ -180,6 +180,22 @@ def test_missing_language_file_names_path(tmp_path, xnli):
 
     assert str(expected_path) in str(caught.value)
     assert "'de'" in str(caught.value)
+
+
+def test_language_outside_entry_rejected(tmp_path, xnli):
+    root = make_root(
+        tmp_path,
+        {
+            "xnli/mnli-dev_matched-en.csv": "mnli_quoted.csv",
+            "xnli/mnli-dev_mismatched-en.csv": "mnli_plain.csv",
+        },
+    )
+
+    with pytest.raises(MissingLanguageError) as caught:
+        LocalDataSource(root).load(xnli, "de", "train")
+
+    assert "'de'" in str(caught.value)
+    assert "limited to other languages" in str(caught.value)
 
 
 def test_split_records_files_and_hashes(tmp_path, xnli):
@@ -285,10 +301,6 @@ def test_conll_reads_rtl_and_invisible_tokens(tmp_path, wikiann):
     assert [example.uid for example in split.examples] == ["test-ar.tsv:1", "test-ar.tsv:7", "test-ar.tsv:16"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LabelNormalizer.check_tags reports the line where the sentence starts, not the line of the bad tag",
-)
 def test_conll_unknown_tag_names_its_line(tmp_path, wikiann):
     root = make_root(tmp_path, {"wikiann/de/test-de.tsv": "wikiann_bad_tag.conll"})
     path = root / "wikiann" / "de" / "test-de.tsv"

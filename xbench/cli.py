@@ -34,7 +34,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "Model to fine-tune: a local model folder or a Hugging Face Hub id (default: bert-base-multilingual-cased). "
         "Also 'tiny-random:TOKENIZER' for a tiny random BERT on a tokenizer, and 'random-init:MODEL' for MODEL's "
         "architecture with random weights. Repeat the flag to run several models."))
-    parser.add_argument("--data-dir", type=Path, default=None, help="Local data root laid out as the task files' local sources say. Without it, data comes from the Hugging Face Hub.")
+    parser.add_argument("--data-dir", type=Path, default=None, help="Local data root laid out as the task files' local sources say (default: none, so data comes from the Hugging Face Hub).")
     parser.add_argument("--output", type=Path, default=None, help="Run folder for results, predictions, checkpoints and tables (default: runs/xbench). Rerunning with the same folder resumes.")
     parser.add_argument("--source-lang", default=None, help="Language to fine-tune on (default: each task's source_language, en).")
     parser.add_argument("--target-langs", type=_str_list, default=None, help="Comma-separated languages to score (default: every language the task declares).")
@@ -46,12 +46,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="Training batch size in examples (default: the task file's, 32).")
     parser.add_argument("--max-seq-length", type=int, default=None, help="Maximum subword tokens per model input (default: the task file's, 128). Longer NER sentences are split into windows.")
     parser.add_argument("--seed", type=int, default=None, help="Random seed for fine-tuning (default: 1).")
-    parser.add_argument("--seeds", type=_int_list, default=None, help="Comma-separated seeds; fine-tunes once per seed and reports mean and standard deviation (overrides --seed).")
+    parser.add_argument("--seeds", type=_int_list, default=None, help="Comma-separated seeds; fine-tunes once per seed and reports mean and standard deviation (default: the one seed of --seed).")
     parser.add_argument("--preset", choices=["quick", "demo"], default=None, help=(
         "'quick': a subsampled first look that ends in minutes on a CPU. 'demo': bundled toy data and a tiny model "
         "built on the fly; needs no network, data or download, and its scores mean nothing."))
     parser.add_argument("--overwrite", choices=["skip", "recompute", "fail"], default="skip", help="What to do with results already in the run folder: skip them (default), recompute them, or fail.")
-    parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files (*.yaml), added to the built-in tasks. Repeatable.")
+    parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files (*.yaml), added to the built-in tasks. Repeatable (default: built-in tasks only).")
     parser.add_argument("--skip-training", action="store_true", help="Evaluate --model as given; it must be a checkpoint fine-tuned for the task with the same labels.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
 

@@ -104,15 +104,19 @@ class LabelNormalizer:
             f"task file, or to missing_labels if it marks an unlabelled row."
         )
 
-    def check_tags(self, tags: list[str], location: str) -> tuple[str, ...]:
-        """Validate IOB2 tags: each is O or B-/I-TYPE with a known type."""
+    def check_tags(self, tags: list[str], row: Row) -> tuple[str, ...]:
+        """Validate IOB2 tags: each is O or B-/I-TYPE with a known type.
+
+        In a CoNLL file the words of a sentence are on consecutive lines, so
+        word ``i`` of a row that starts at line ``n`` is on line ``n + i``.
+        """
         result = []
         for position, tag in enumerate(tags):
             name = self.aliases.get(tag, tag)
             if name not in self.labels:
                 shape = "" if name == "O" or (name[:2] in ("B-", "I-") and len(name) > 2) else " It is not IOB2 (O, B-TYPE or I-TYPE)."
                 raise DataFormatError(
-                    f"{location}: word {position + 1} has tag {tag!r}, which is not in the task's tag set "
+                    f"{row.path}:{row.line + position}: word {position + 1} of the sentence has tag {tag!r}, which is not in the task's tag set "
                     f"{list(self.task.labels)}.{shape} Fix the file or the task's labels."
                 )
             result.append(name)
@@ -127,7 +131,7 @@ def _examples_from_rows(task: TaskSpec, rows: list[Row], normalizer: LabelNormal
         if task.is_token_task:
             words = values.get(text_fields[0], values.get("tokens"))
             tags = values.get(task.label_field, values.get("tags"))
-            label: str | tuple[str, ...] = normalizer.check_tags(list(tags), row.location)
+            label: str | tuple[str, ...] = normalizer.check_tags(list(tags), row)
             texts = tuple(words)
         else:
             raw_label = values.get(task.label_field, values.get("label"))
@@ -221,6 +225,29 @@ class LocalDataSource:
         return _finish(task, split_data)
 
 
+def hub_unreachable_reason() -> str | None:
+    """Why the Hub cannot be used right now, or None when it answers.
+
+    Checks the offline switches, then opens one TCP connection to the Hub
+    endpoint with a short timeout, so an offline machine fails in seconds
+    instead of waiting for the download library's retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return "hub access is disabled by HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1"
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as error:
+        return f"{host} is unreachable ({error})"
+    return None
+
+
 class HubDataSource:
     """Per-language configs of a Hugging Face Hub dataset (needs network)."""
 
@@ -230,24 +257,12 @@ class HubDataSource:
     def _check_reachable(self) -> None:
         if self._checked:
             return
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        reason = hub_unreachable_reason()
+        if reason:
             raise HubUnavailableError(
-                "Hub access is disabled (HF_HUB_OFFLINE=1). Pass --data-dir with a local copy of the data, "
-                "or unset HF_HUB_OFFLINE."
+                f"Cannot load data from the Hugging Face Hub: {reason}. To run offline, pass --data-dir "
+                "with a local copy of the data (see the README section on local data)."
             )
-        import socket
-        from urllib.parse import urlparse
-
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        host = urlparse(endpoint).hostname or "huggingface.co"
-        try:
-            socket.create_connection((host, 443), timeout=HUB_TIMEOUT_S).close()
-        except OSError as error:
-            raise HubUnavailableError(
-                f"The Hugging Face Hub ({host}) is unreachable: {error}. "
-                "To run offline, pass --data-dir with a local copy of the data "
-                "(see the README section on local data)."
-            ) from None
         self._checked = True
 
     def load(self, task: TaskSpec, language: str, split: str) -> SplitData:

@@ -136,7 +136,11 @@ def plan_windows(word_lengths: list[int], capacity: int) -> list[tuple[int, int]
         while next_start - 1 > start and repeated + word_lengths[next_start - 1] <= capacity * WINDOW_OVERLAP:
             next_start -= 1
             repeated += word_lengths[next_start]
-        start = max(next_start, start + 1)
+        next_start = max(next_start, start + 1)
+        # The next window must reach at least one word past this one.
+        while sum(word_lengths[next_start : end + 1]) > capacity:
+            next_start += 1
+        start = next_start
 
 
 def _best_window(windows: list[tuple[int, int]], n_words: int) -> list[int]:

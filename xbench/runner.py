@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 import logging
 import time
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ class TaskRun:
         self.id2label, self.label2id = label_maps(task)
         self.tokenizer = None
         self.model = None
-        self.train_labels: list = []
+        self.train_labels: dict[str, int] = {}
         self.fine_tune_info: dict = {}
         self.train_files: dict[str, str] = {}
 
@@ -188,14 +189,16 @@ class TaskRun:
         self.tokenizer = load_tokenizer(self.ref)
         checkpoint = self.checkpoint_dir()
         info_path = checkpoint / CHECKPOINT_INFO
-        train = self.load_split(self.task.source_language, "train", self.config.max_train_examples)
-        self.train_labels = [example.label for example in train.examples]
-        self.train_files = train.file_hashes or {"hub_revision": train.hub_revision}
         if info_path.is_file():
             logger.info("%s: reusing the finished fine-tuning in %s", self.task.name, checkpoint)
             self.model = load_checkpoint(checkpoint, self.task)
             self.fine_tune_info = json.loads(info_path.read_text(encoding="utf-8"))
+            self.train_labels = self.fine_tune_info.get("train_label_counts", {})
+            self.train_files = self.fine_tune_info.get("train_files", {})
             return
+        train = self.load_split(self.task.source_language, "train", self.config.max_train_examples)
+        self.train_labels = dict(Counter(example.label for example in train.examples)) if not self.task.is_token_task else {}
+        self.train_files = train.file_hashes or {"hub_revision": train.hub_revision}
         if self.config.skip_training:
             self.model = load_checkpoint(Path(self.ref.path), self.task)
             self.fine_tune_info = {"selection": "none: --skip-training evaluates the model as given"}
@@ -219,6 +222,8 @@ class TaskRun:
             **dataclasses.asdict(result),
             "train_files": self.train_files,
             "train_examples": len(train.examples),
+            # Kept for the majority-class baseline when the checkpoint is reused.
+            "train_label_counts": self.train_labels,
             "wall_time_s": round(time.time() - started, 2),
             "identity": self.training_identity(),
         }
