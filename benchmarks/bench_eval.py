@@ -477,6 +477,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the classification head (default: 1)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tokenisation cache folder (default: a new temporary folder, so the first tokenisation is a miss)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default, one per core)")
     parser.add_argument("--progress", action="store_true", help="show xbench's progress bars")
     args = parser.parse_args(argv)
     if not args.data_dir or not Path(args.data_dir).is_dir():
@@ -491,6 +492,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     machine = print_machine()
     load_before = load_average()

@@ -1,7 +1,7 @@
 """Resuming runs of the offline demo through the real command line.
 
 Every run is a separate ``python -m xbench run --preset demo`` process, so a
-run can be killed with SIGKILL half way, as a crash or an out-of-memory kill
+run can be killed with SIGKILL halfway, as a crash or an out-of-memory kill
 would end it. The demo fine-tunes a tiny model on CPU with fixed seeds, so a
 resumed run must store the same scores as an uninterrupted one.
 """
@@ -37,7 +37,8 @@ def _demo_command(output: Path, *extra: str) -> list[str]:
 
 def _demo_env() -> dict[str, str]:
     # The demo needs no network. The offline switches make any attempt fail instead of waiting.
-    # The tiny model runs faster on one thread, and every run of a comparison uses the same setting.
+    # One thread: the demo took 10 s on one thread and 13 s on two on a 2-core machine.
+    # Every run of a comparison uses the same setting, so scores stay comparable.
     return {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -143,6 +144,18 @@ def test_reference_run_complete(reference_run: Path):
     assert _temporary_files(reference_run) == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "build_demo_tokenizer passes vocab_file= to BertTokenizerFast, which transformers 5 ignores "
+        "(the argument is vocab=), so the demo tokenizer has 5 entries and maps every word to [UNK]"
+    ),
+)
+def test_demo_tokenizer_knows_words(reference_run: Path):
+    for key, record in _records_by_key(reference_run).items():
+        assert record["diagnostics"]["unk_rate"] < 0.5, key
+
+
 def test_killed_run_resumes(reference_run: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     killed_log = tmp_path / "killed.log"
@@ -152,7 +165,7 @@ def test_killed_run_resumes(reference_run: Path, tmp_path: Path):
         )
     try:
         # Kill as soon as the first result is stored. The other eight results and two
-        # fine-tunings take seconds, so the kill lands in the middle of the run.
+        # fine-tunings take several seconds, so the kill lands in the middle of the run.
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while process.poll() is None and not _result_files(run_dir) and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_S)

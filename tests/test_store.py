@@ -120,7 +120,7 @@ def test_concurrent_same_record_stays_whole(tmp_path: Path):
     time.sleep(1.0)
     start_file.touch()
 
-    # Read while both processes replace the file: every read must see one whole record,
+    # Read while both processes replace the file. Every read must see one whole record,
     # and once the file exists it must never be missing, because os.replace is atomic.
     reads = 0
     vanished = 0
@@ -163,8 +163,8 @@ def test_load_records_skips_leftovers(tmp_path: Path, caplog):
     good = {_write_record(store, language) for language in ("en", "de", "ar")}
     folder = store.path_for("xnli", MODEL_SLUG, 1, "en").parent
 
-    # A temporary file named as atomic_write_text names them, holding a whole record
-    # for a language that was never finished: it must not be read.
+    # A temporary file named the way atomic_write_text names them. It contains a whole
+    # record for a language whose write never finished, so it must not be read.
     leftover = json.loads((folder / "en.json").read_text(encoding="utf-8"))
     leftover["language"] = "sw"
     (folder / ".sw.json.k2j4x9.tmp").write_text(json.dumps(leftover), encoding="utf-8")
@@ -235,19 +235,19 @@ def test_skip_policy_other_config_raises(tmp_path: Path):
         store.should_compute("xnli", MODEL_SLUG, 1, "en", "hash-b", "skip")
 
 
-@pytest.mark.parametrize("wanted_hash", ["hash-a", "hash-b"])
-def test_recompute_policy_computes(tmp_path: Path, wanted_hash: str):
+@pytest.mark.parametrize("requested_hash", ["hash-a", "hash-b"])
+def test_recompute_policy_computes(tmp_path: Path, requested_hash: str):
     store = ResultStore(tmp_path / "run")
     _write_record(store, "en", config_hash="hash-a")
-    assert store.should_compute("xnli", MODEL_SLUG, 1, "en", wanted_hash, "recompute") is True
+    assert store.should_compute("xnli", MODEL_SLUG, 1, "en", requested_hash, "recompute") is True
 
 
-@pytest.mark.parametrize("wanted_hash", ["hash-a", "hash-b"])
-def test_fail_policy_raises(tmp_path: Path, wanted_hash: str):
+@pytest.mark.parametrize("requested_hash", ["hash-a", "hash-b"])
+def test_fail_policy_raises(tmp_path: Path, requested_hash: str):
     store = ResultStore(tmp_path / "run")
     path = _write_record(store, "en", config_hash="hash-a")
     with pytest.raises(ResultExistsError) as raised:
-        store.should_compute("xnli", MODEL_SLUG, 1, "en", wanted_hash, "fail")
+        store.should_compute("xnli", MODEL_SLUG, 1, "en", requested_hash, "fail")
     assert str(path) in str(raised.value)
 
 

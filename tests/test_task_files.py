@@ -181,7 +181,8 @@ def test_unknown_label_in_first_records_named(user_dir: Path):
     errors = validate_task_file(path, data_dir=user_dir / "data")
 
     assert errors[0].startswith(f"{path}: sources.local.splits.train[0]:")
-    assert "train.jsonl:1: word 6 has tag 'B-MISC', which is not in the task's tag set" in errors[0]
+    assert str(user_dir / "data" / "ner-misc" / "en" / "train.jsonl") in errors[0]
+    assert "has tag 'B-MISC', which is not in the task's tag set" in errors[0]
 
 
 def test_unknown_path_placeholder_suggested(user_dir: Path):

@@ -56,7 +56,7 @@ def _predictions(run_dir: Path, record: dict) -> tuple[list[str], list, list]:
 
 
 def _run_root(path: Path) -> Path:
-    """The run folder of a path given on the command line."""
+    """Return the run folder of a path given on the command line."""
     path = Path(path)
     return path.parent if path.name == "store" else path
 

@@ -21,7 +21,7 @@ from .tasks import LocalFile, TaskSpec
 logger = logging.getLogger(__name__)
 
 # Subsampling uses its own fixed seed, so every training seed and every model
-# sees the same examples.
+# gets the same examples.
 SUBSAMPLE_SEED = 0
 
 # Seconds to wait for the hub before giving up when the network is down.
@@ -40,7 +40,7 @@ class HubUnavailableError(ConnectionError):
 class Example:
     """One labelled example.
 
-    ``texts`` holds one or two strings for classification, or the words of a
+    ``texts`` contains one or two strings for classification, or the words of a
     sentence for token classification. ``label`` is a label name, or one tag
     per word for token classification.
     """
@@ -175,7 +175,7 @@ def _finish(task: TaskSpec, split_data: SplitData) -> SplitData:
 
 
 class LocalDataSource:
-    """Files under a data root, laid out as the task's ``sources.local`` says."""
+    """Files under a data root, laid out as the task's ``sources.local`` describes."""
 
     def __init__(self, data_dir: Path | str):
         self.data_dir = Path(data_dir)
@@ -226,7 +226,7 @@ class LocalDataSource:
 
 
 def hub_unreachable_reason() -> str | None:
-    """Why the Hub cannot be used right now, or None when it answers.
+    """Return why the Hub cannot be used right now, or None when it responds.
 
     Checks the offline switches, then opens one TCP connection to the Hub
     endpoint with a short timeout, so an offline machine fails in seconds

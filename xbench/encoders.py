@@ -1,6 +1,6 @@
 """Encoders: from examples to model inputs, and from model outputs back.
 
-Only this module knows tokenisation and word alignment. Predictions leave it
+Only this module handles tokenisation and word alignment. Predictions leave it
 per example (per word for token classification) in dataset order.
 
 Token classification follows XTREME: the first subword of each word carries
@@ -219,7 +219,7 @@ def encode_tokens(tokenizer, examples: list[Example], label2id: dict[str, int], 
 
 
 def special_tokens_around_words(tokenizer) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer puts before and after one sequence.
+    """Return the special tokens the tokenizer puts before and after one sequence.
 
     Read off by encoding a probe word, so it works for any tokenizer's
     template (``[CLS] ... [SEP]`` for BERT, ``<s> ... </s>`` for XLM-R).

@@ -359,7 +359,8 @@ def _mark_best(mean: pd.DataFrame, partial: pd.DataFrame, lower_is_better: froze
     best = pd.DataFrame(False, index=mean.index, columns=mean.columns)
     for column in mean.columns:
         eligible = mean[column].where(~partial[column])
-        if eligible.notna().sum() == 0:
+        # A table of one model has nothing to compare, so nothing is marked.
+        if len(mean.index) < 2 or eligible.notna().sum() == 0:
             continue
         target = eligible.min() if column in lower_is_better else eligible.max()
         is_best = np.isclose(eligible.to_numpy(dtype=float), target, rtol=_TIE_RTOL, atol=_TIE_ATOL)
@@ -404,7 +405,7 @@ def _caption(table: ScoreTable) -> str:
             "that lacks a task."
         )
     return (
-        f"{text} Bold marks the best value in each column. "
+        f"{text} Bold marks the best value in each column when several models are compared. "
         "† marks an average over a subset of its languages or tasks, which is never marked best."
     )
 

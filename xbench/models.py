@@ -87,7 +87,7 @@ def _require_source(path: str) -> None:
     """Fail fast when ``path`` is neither a local folder nor reachable on the hub."""
     if Path(path).exists():
         if not Path(path).is_dir():
-            raise ModelNotFoundError(f"Model path {path} is a file; pass the folder that holds config.json and the weights.")
+            raise ModelNotFoundError(f"Model path {path} is a file; pass the folder that contains config.json and the weights.")
         return
     if path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1:
         raise ModelNotFoundError(f"Model folder not found: {path}. Check the path given to --model.")

@@ -65,19 +65,19 @@ def _module_file_in(folder: Path, top_level: str) -> bool:
     return (folder / f"{top_level}.py").is_file() or (folder / top_level / "__init__.py").is_file()
 
 
-def _import_module(module_name: str, what: str, spec: str):
+def _import_module(module_name: str, role: str, spec: str):
     top_level = module_name.split(".")[0]
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name is None or not (module_name == error.name or module_name.startswith(error.name + ".")):
             raise PluginError(
-                f"{what} {spec!r}: importing module {module_name!r} failed because it imports "
+                f"{role} {spec!r}: importing module {module_name!r} failed because it imports "
                 f"{error.name!r}, which is not installed. Install it, or remove that import."
             ) from error
         missing = error
     except Exception as error:  # noqa: BLE001 - user code may raise anything on import
-        raise PluginError(f"{what} {spec!r}: importing module {module_name!r} raised {type(error).__name__}: {error}") from error
+        raise PluginError(f"{role} {spec!r}: importing module {module_name!r} raised {type(error).__name__}: {error}") from error
 
     for folder in _search_dirs:
         if _module_file_in(folder, top_level):
@@ -86,47 +86,47 @@ def _import_module(module_name: str, what: str, spec: str):
                 sys.path.append(str(folder))
                 logger.debug("Added %s to sys.path for %s", folder, spec)
             importlib.invalidate_caches()
-            return _import_module_again(module_name, what, spec)
+            return _import_module_again(module_name, role, spec)
     searched = ", ".join(str(folder) for folder in _search_dirs) or "no task folder"
     raise PluginError(
-        f"{what} {spec!r}: no module named {missing.name!r}. Install the package that provides it, put "
+        f"{role} {spec!r}: no module named {missing.name!r}. Install the package that provides it, put "
         f"{top_level}.py beside the task file (searched: {searched}), or add its folder to PYTHONPATH."
     ) from missing
 
 
-def _import_module_again(module_name: str, what: str, spec: str):
+def _import_module_again(module_name: str, role: str, spec: str):
     try:
         return importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - user code may raise anything on import
-        raise PluginError(f"{what} {spec!r}: importing module {module_name!r} raised {type(error).__name__}: {error}") from error
+        raise PluginError(f"{role} {spec!r}: importing module {module_name!r} raised {type(error).__name__}: {error}") from error
 
 
-def import_object(spec: str, what: str = "object") -> Any:
+def import_object(spec: str, role: str = "object") -> Any:
     """Import the object that a dotted path names.
 
-    ``what`` names the role of the object in error messages, e.g. "metric".
+    ``role`` names the object's use in error messages, e.g. "metric".
     Raises :class:`PluginError` with the module or attribute that is missing.
     """
     if not is_dotted_path(spec):
         raise PluginError(
-            f"{what} {spec!r} is not a dotted path. Write 'package.module:function' or 'package.module.function'."
+            f"{role} {spec!r} is not a dotted path. Write 'package.module:function' or 'package.module.function'."
         )
     module_name, attribute = split_dotted_path(spec)
-    target = _import_module(module_name, what, spec)
+    target = _import_module(module_name, role, spec)
     for part in attribute.split("."):
         if not hasattr(target, part):
             public = sorted(name for name in dir(target) if not name.startswith("_") and callable(getattr(target, name, None)))
             listing = f" Callables there: {', '.join(public)}." if public else ""
-            raise PluginError(f"{what} {spec!r}: {module_name!r} has no attribute {part!r}.{listing}")
+            raise PluginError(f"{role} {spec!r}: {module_name!r} has no attribute {part!r}.{listing}")
         target = getattr(target, part)
     return target
 
 
-def import_callable(spec: str, what: str) -> Callable:
+def import_callable(spec: str, role: str) -> Callable:
     """Import a dotted path and check that it names something callable."""
-    target = import_object(spec, what)
+    target = import_object(spec, role)
     if not callable(target):
-        raise PluginError(f"{what} {spec!r} is a {type(target).__name__}, not a function. Name a function.")
+        raise PluginError(f"{role} {spec!r} is a {type(target).__name__}, not a function. Name a function.")
     return target
 
 
@@ -147,7 +147,7 @@ def is_local_evaluate_location(location: str, base_dir: Path | None = None) -> b
 
 
 def hub_offline_reason() -> str | None:
-    """Return why evaluate cannot use the Hugging Face Hub, or None when it answers."""
+    """Return why evaluate cannot use the Hugging Face Hub, or None when the Hub is reachable."""
     value = os.environ.get("HF_EVALUATE_OFFLINE", "")
     if value.strip().lower() in _TRUE_VALUES:
         return f"hub access is disabled (HF_EVALUATE_OFFLINE={value})"
@@ -157,9 +157,9 @@ def hub_offline_reason() -> str | None:
 
 
 def local_evaluate_problem(location: str) -> str | None:
-    """Return what is wrong with a local evaluate module path, or None.
+    """Return role is wrong with a local evaluate module path, or None.
 
-    evaluate loads a folder only when it holds a script named after the
+    evaluate loads a folder only when it contains a script named after the
     folder, e.g. ``my_metric/my_metric.py``.
     """
     path = Path(location).expanduser()

@@ -2,7 +2,7 @@
 
 Rows are sorted by length so each batch pads only to its own longest row,
 batches are sized by a token budget, and the outputs are put back in the
-original row order before anyone sees them.
+original row order before they are returned.
 """
 
 from __future__ import annotations

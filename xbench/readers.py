@@ -108,7 +108,7 @@ def iter_lines_strict(path: Path, keep_ends: bool = False) -> Iterator[str]:
 
 
 def _lines(path: Path, limit: int | None) -> Iterable[str]:
-    """All lines of a file, or a lazy iterator over them when only a few records are read."""
+    """Return all lines of a file, or a lazy iterator over them when only a few records are read."""
     return _split_lines(read_text_strict(path)) if limit is None else iter_lines_strict(path)
 
 

@@ -74,7 +74,7 @@ class ResultStore:
             logger.warning("Ignoring unreadable result %s (%s); it will be recomputed", path, error)
             return None
 
-    def should_compute(self, task: str, model_slug: str, seed: int, language: str, wanted_hash: str, policy: str) -> bool:
+    def should_compute(self, task: str, model_slug: str, seed: int, language: str, expected_hash: str, policy: str) -> bool:
         """Apply the overwrite policy to one result; True means compute it."""
         existing = self.get(task, model_slug, seed, language)
         if existing is None:
@@ -84,10 +84,10 @@ class ResultStore:
             raise ResultExistsError(f"Result already exists: {where}. Use --overwrite skip or recompute, or another --output.")
         if policy == "recompute":
             return True
-        if existing.get("config_hash") != wanted_hash:
+        if existing.get("config_hash") != expected_hash:
             raise ResultExistsError(
                 f"{where} was computed with another configuration (config hash {existing.get('config_hash')}, "
-                f"now {wanted_hash}). Use --overwrite recompute to replace it, or another --output."
+                f"now {expected_hash}). Use --overwrite recompute to replace it, or another --output."
             )
         return False
 
@@ -125,7 +125,7 @@ def load_records(paths: list[Path | str]) -> list[dict]:
 
 
 def flat_results(records: list[dict]) -> list[dict]:
-    """One row per (task, model, seed, language, metric), for results.json."""
+    """Flatten records into one row per (task, model, seed, language, metric) for results.json."""
     rows = []
     for record in sorted(records, key=lambda r: (r["task"], r["model_name"], r["seed"], not r["is_source"], r["language"])):
         for metric, value in record["scores"].items():

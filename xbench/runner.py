@@ -3,7 +3,7 @@
 For every task, model and seed:
 
 1. resolve the languages and the fine-tuning configuration;
-2. skip the results that the store already holds (the overwrite policy);
+2. skip the results that the store already contains (the overwrite policy);
 3. fine-tune once on the source language's train split, choosing the epoch
    by the source-language dev score, or reuse the checkpoint of a finished
    fine-tuning with the same configuration;
@@ -170,10 +170,10 @@ class TaskRun:
 
     def plan(self) -> list[LanguagePlan]:
         """Languages whose results still need computing under the overwrite policy."""
-        wanted = config_hash(self.result_identity())
+        expected_hash = config_hash(self.result_identity())
         plans = []
         for language in self.task.languages:
-            if self.store.should_compute(self.task.name, self.ref.slug, self.seed, language, wanted, self.config.overwrite):
+            if self.store.should_compute(self.task.name, self.ref.slug, self.seed, language, expected_hash, self.config.overwrite):
                 plans.append(LanguagePlan(language, language == self.task.source_language))
             else:
                 logger.info("%s %s seed %d %s: result exists, skipped", self.task.name, self.ref.display_name, self.seed, language)

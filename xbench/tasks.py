@@ -410,6 +410,7 @@ def _parse_metric_mapping(checker: _Checker, item: dict, key: str) -> MetricSpec
     if has_function == has_evaluate:
         checker.error(key, "give exactly one of 'function' (a dotted path) or 'evaluate' (a local path or hub id).")
         return None
+
     if has_function:
         target = item["function"]
         if not plugins.is_dotted_path(target):
@@ -422,6 +423,7 @@ def _parse_metric_mapping(checker: _Checker, item: dict, key: str) -> MetricSpec
             checker.error(f"{key}.evaluate", f"expected a local path or a hub id, got {target!r}.")
             return None
         default_name = Path(target.rstrip("/")).stem
+
     name = item.get("name", default_name)
     compute_args = item.get("compute_args") or {}
     label_ids = item.get("label_ids", False)
@@ -436,6 +438,7 @@ def _parse_metric_mapping(checker: _Checker, item: dict, key: str) -> MetricSpec
         valid = False
     if not valid:
         return None
+
     kind = "function" if has_function else "evaluate"
     return MetricSpec(name=name, kind=kind, target=str(target), key=result_key, compute_args=dict(compute_args), label_ids=label_ids)
 
@@ -651,6 +654,8 @@ def read_task_document(path: Path | str) -> dict:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise TaskFileError(f"{path}: invalid YAML: {error}") from None
+    if raw is None:
+        raise TaskFileError(f"{path}: the file is empty. A task file is a YAML mapping with name, task_type, labels and the other keys.")
     if not isinstance(raw, dict):
         raise TaskFileError(f"{path}: the task file must be a YAML mapping, got {type(raw).__name__}.")
     folder = path.resolve().parent
@@ -705,15 +710,18 @@ class TaskRegistry:
     """Task specs by name, read from one or more folders of task files.
 
     Folders are read in order and files in name order. A later file with an
-    existing name replaces the earlier task, or builds on it when it says
-    ``extends`` with its own name. ``extends: OTHER`` takes the last
+    existing name replaces the earlier task, or builds on it when its
+    ``extends`` is its own name. ``extends: OTHER`` takes the last
     definition of OTHER, wherever it is in the folders.
     """
 
     def __init__(self, task_dirs: list[Path] | None = None):
         self.tasks: dict[str, TaskSpec] = {}
         self._definitions: dict[str, list[_Definition]] = {}
-        paths = [path for folder in (task_dirs if task_dirs is not None else default_task_dirs()) for path in _task_files(Path(folder))]
+        paths: list[Path] = []
+        for folder in task_dirs if task_dirs is not None else default_task_dirs():
+            # A folder given twice is read once, so an override is not applied twice.
+            paths.extend(path for path in _task_files(Path(folder)) if path.resolve() not in {p.resolve() for p in paths})
         self._add_paths(paths)
 
     def names(self) -> list[str]:
@@ -752,8 +760,8 @@ class TaskRegistry:
     def load_file(self, path: Path | str) -> TaskSpec:
         """Validate a task file against this registry without adding it.
 
-        A file that the registry already holds is resolved at its own place in
-        the load order. Any other file is resolved as if it were read last.
+        A file that the registry already contains is resolved at its own place
+        in the load order. Any other file is resolved as if it were read last.
         """
         path = Path(path)
         raw = read_task_document(path)

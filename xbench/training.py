@@ -5,7 +5,7 @@ length-grouped sampling. Model selection happens in a callback: after each
 epoch the model is scored on the source-language dev split with the same
 evaluation path and metric as the test sets, and the best epoch's weights
 are kept. When a task has no dev split, the last epoch is kept and the
-training record says so.
+training record states that.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class FineTuneConfig:
 
 @dataclass
 class FineTuneResult:
-    """What training did: dev score per epoch, the chosen epoch and the loss log."""
+    """Record of one fine-tuning: dev score per epoch, the chosen epoch and the loss log."""
 
     selection: str
     best_epoch: int | None

@@ -2,10 +2,10 @@
 
 Parsing a task file (:mod:`xbench.tasks`) already checks keys, types, label
 names, built-in metrics and language codes. This module adds the checks
-that need more than the file itself: it imports the metric functions and
+that need more than the file itself. It imports the metric functions and
 loaders that the task names, loads its evaluate modules and calls each
-metric on a sample, and, given a data folder, checks that every file the
-run will read is there and that its first records parse and carry known
+metric on a sample. Given a data folder, it also checks that every file the
+run will read exists and that its first records parse and carry known
 labels.
 
 ``xbench tasks validate FILE...`` and ``xbench run`` (before it trains) use
@@ -54,7 +54,7 @@ def validate_task_files(
 ) -> dict[Path, list[str]]:
     """Check several task files in order and return the errors of each.
 
-    The registry holds the built-in tasks and ``task_dirs``. A valid file is
+    The registry contains the built-in tasks and ``task_dirs``. A valid file is
     added to it, so a later file in ``paths`` may extend an earlier one.
     """
     registry = TaskRegistry(default_task_dirs() + list(task_dirs or []))
@@ -119,7 +119,7 @@ def describe_task(registry: TaskRegistry, name: str) -> str:
 
 
 def _sample_labels(task: TaskSpec) -> list:
-    """A gold list built from the task's labels, to call a metric on."""
+    """Build a gold list from the task's labels, to call a metric on."""
     return [list(task.labels)] if task.is_token_task else list(task.labels)
 
 
@@ -281,7 +281,7 @@ def _row_problem(task: TaskSpec, rows: list[Row]) -> str | None:
                     return f"record at {row.location}: {task.text_fields[0]!r} and {task.label_field!r} must be lists (one entry per word)."
                 if len(words) != len(tags):
                     return f"record at {row.location} has {len(words)} words but {len(tags)} tags. Give one tag per word."
-                normalizer.check_tags(list(tags), row.location)
+                normalizer.check_tags(list(tags), row)
                 continue
             raw_label = values.get(task.label_field, values.get("label"))
             if raw_label is None:
