@@ -262,3 +262,10 @@ def test_policy_checks_one_language_only(tmp_path: Path):
     store = ResultStore(tmp_path / "run")
     _write_record(store, "en", config_hash="hash-a")
     assert store.should_compute("xnli", MODEL_SLUG, 1, "de", "hash-b", "fail") is True
+
+
+def test_unknown_policy_raises(tmp_path: Path):
+    store = ResultStore(tmp_path / "run")
+    _write_record(store, "en", config_hash="hash-a")
+    with pytest.raises(ValueError, match="Recompute"):
+        store.should_compute("xnli", MODEL_SLUG, 1, "en", "hash-a", "Recompute")

@@ -112,11 +112,12 @@ def load_tokenizer(ref: ModelRef):
     _require_source(ref.path)
     folder = Path(ref.path)
     if folder.is_dir() and not (folder / "tokenizer_config.json").is_file() and (folder / "vocab.txt").is_file():
-        return _bare_bert_tokenizer(folder)
+        return bare_bert_tokenizer(folder)
     return AutoTokenizer.from_pretrained(ref.path)
 
 
-def _bare_bert_tokenizer(folder: Path):
+def bare_bert_tokenizer(folder: Path):
+    """Load a BERT WordPiece tokenizer from ``vocab.txt`` and ``tokenizer.json``."""
     from transformers import BertTokenizerFast
 
     tokenizer_file = folder / "tokenizer.json"

@@ -75,7 +75,9 @@ class ResultStore:
             return None
 
     def should_compute(self, task: str, model_slug: str, seed: int, language: str, expected_hash: str, policy: str) -> bool:
-        """Apply the overwrite policy to one result; True means compute it."""
+        """Apply the overwrite policy to one result. True means compute it."""
+        if policy not in OVERWRITE_POLICIES:
+            raise ValueError(f"Unknown overwrite policy {policy!r}. Use one of: {', '.join(OVERWRITE_POLICIES)}.")
         existing = self.get(task, model_slug, seed, language)
         if existing is None:
             return True

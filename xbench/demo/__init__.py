@@ -37,15 +37,17 @@ def _demo_texts() -> list[str]:
 def build_demo_tokenizer(folder: Path) -> Path:
     """Train a small cased WordPiece vocabulary on the demo texts and save it."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
 
-    if (folder / "tokenizer.json").is_file():
+    from ..models import bare_bert_tokenizer
+
+    if (folder / "tokenizer_config.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     trainer = BertWordPieceTokenizer(lowercase=False, strip_accents=False, clean_text=True)
     trainer.train_from_iterator(_demo_texts(), vocab_size=DEMO_VOCAB_SIZE, min_frequency=1, show_progress=False)
     trainer.save_model(str(folder))
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=False, strip_accents=False)
+    trainer.save(str(folder / "tokenizer.json"))
+    tokenizer = bare_bert_tokenizer(folder)
     tokenizer.save_pretrained(folder)
     logger.info("Built the demo tokenizer in %s (%d entries)", folder, len(tokenizer))
     return folder
