@@ -1,7 +1,7 @@
 """Tests for xbench.cache with the real MiniLM tokenizer and the built-in task files.
 
-A cache hit is told apart from a miss by replacing ``xbench.cache.encode``
-with a counting wrapper: a hit must not tokenise at all.
+The tests replace ``xbench.cache.encode`` with a counting wrapper to
+distinguish a hit from a miss, because a hit must not tokenise at all.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command line: ``xbench run``, ``xbench tasks list`` and ``xbench leaderboard``.
+"""Command line: ``xbench run``, ``xbench tasks list|show|validate`` and ``xbench leaderboard``.
 
 The command line parses flags into a :class:`~xbench.runner.RunConfig` and
 calls the library. ``python run_benchmark.py`` takes the same flags as
@@ -64,10 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="Fine-tune on the source language and score every target language.")
     add_run_arguments(run_parser)
 
-    tasks_parser = commands.add_parser("tasks", help="List the known tasks.")
+    tasks_parser = commands.add_parser("tasks", help="List, show and validate task files.")
     tasks_commands = tasks_parser.add_subparsers(dest="tasks_command", required=True)
     list_parser = tasks_commands.add_parser("list", help="Show each task with its languages and data sources.")
     list_parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files. Repeatable.")
+    show_parser = tasks_commands.add_parser("show", help="Print a task as YAML after merging what it extends.")
+    show_parser.add_argument("name", help="Task name, as in 'xbench tasks list'.")
+    show_parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files. Repeatable.")
+    validate_parser = tasks_commands.add_parser("validate", help="Check task files, their code and (with --data-dir) their data, without training.")
+    validate_parser.add_argument("files", nargs="+", type=Path, help="Task files (*.yaml). A file may extend a file given before it.")
+    validate_parser.add_argument("--data-dir", type=Path, default=None, help="Local data root: check that each file the run reads exists and that its first records parse.")
+    validate_parser.add_argument("--tasks-dir", type=Path, action="append", default=None, help="Folder of extra task files that the files may extend. Repeatable.")
 
     board_parser = commands.add_parser("leaderboard", help="Collect stored results of many runs into tables.")
     board_parser.add_argument("results", nargs="+", type=Path, help="Run folders, store folders or result JSON files.")
@@ -147,6 +154,22 @@ def command_tasks_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tasks_show(args: argparse.Namespace) -> int:
+    from .tasks import TaskRegistry, default_task_dirs
+    from .validate import describe_task
+
+    print(describe_task(TaskRegistry(default_task_dirs() + (args.tasks_dir or [])), args.name), end="")
+    return 0
+
+
+def command_tasks_validate(args: argparse.Namespace) -> int:
+    from .validate import format_report, validate_task_files
+
+    results = validate_task_files(args.files, data_dir=args.data_dir, task_dirs=args.tasks_dir)
+    print(format_report(results))
+    return 0 if all(not errors for errors in results.values()) else 1
+
+
 def command_leaderboard(args: argparse.Namespace) -> int:
     from . import leaderboard
     from .results import load_records
@@ -187,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return command_run(args)
         if args.command == "tasks":
-            return command_tasks_list(args)
+            commands = {"list": command_tasks_list, "show": command_tasks_show, "validate": command_tasks_validate}
+            return commands[args.tasks_command](args)
         if args.command == "leaderboard":
             return command_leaderboard(args)
         if args.command == "compare":

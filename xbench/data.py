@@ -104,11 +104,11 @@ class LabelNormalizer:
             f"task file, or to missing_labels if it marks an unlabelled row."
         )
 
-    def check_tags(self, tags: list[str], row: Row) -> tuple[str, ...]:
+    def check_tags(self, tags: list[str], row: Row, word_per_line: bool = False) -> tuple[str, ...]:
         """Validate IOB2 tags: each is O or B-/I-TYPE with a known type.
 
-        In a CoNLL file the words of a sentence are on consecutive lines, so
-        word ``i`` of a row that starts at line ``n`` is on line ``n + i``.
+        With ``word_per_line`` (CoNLL files) word ``i`` of a row that starts at
+        line ``n`` is on line ``n + i``, and the error names that line.
         """
         result = []
         for position, tag in enumerate(tags):
@@ -116,14 +116,14 @@ class LabelNormalizer:
             if name not in self.labels:
                 shape = "" if name == "O" or (name[:2] in ("B-", "I-") and len(name) > 2) else " It is not IOB2 (O, B-TYPE or I-TYPE)."
                 raise DataFormatError(
-                    f"{row.path}:{row.line + position}: word {position + 1} of the sentence has tag {tag!r}, which is not in the task's tag set "
+                    f"{row.path}:{row.line + position if word_per_line else row.line}: word {position + 1} of the sentence has tag {tag!r}, which is not in the task's tag set "
                     f"{list(self.task.labels)}.{shape} Fix the file or the task's labels."
                 )
             result.append(name)
         return tuple(result)
 
 
-def _examples_from_rows(task: TaskSpec, rows: list[Row], normalizer: LabelNormalizer, split_data: SplitData) -> None:
+def _examples_from_rows(task: TaskSpec, rows: list[Row], normalizer: LabelNormalizer, split_data: SplitData, word_per_line: bool = False) -> None:
     """Turn reader rows into examples, counting unlabelled and empty rows."""
     text_fields = task.text_fields
     for row in rows:
@@ -131,7 +131,12 @@ def _examples_from_rows(task: TaskSpec, rows: list[Row], normalizer: LabelNormal
         if task.is_token_task:
             words = values.get(text_fields[0], values.get("tokens"))
             tags = values.get(task.label_field, values.get("tags"))
-            label: str | tuple[str, ...] = normalizer.check_tags(list(tags), row)
+            if words is None or tags is None or len(words) != len(tags):
+                raise DataFormatError(
+                    f"{row.location}: a token-classification row needs one tag per word in "
+                    f"{text_fields[0]!r} and {task.label_field!r}. Check the file or its loader."
+                )
+            label: str | tuple[str, ...] = normalizer.check_tags(list(tags), row, word_per_line)
             texts = tuple(words)
         else:
             raw_label = values.get(task.label_field, values.get("label"))
@@ -221,7 +226,7 @@ class LocalDataSource:
             if labels_path is not None:
                 split_data.files.append(labels_path)
                 split_data.file_hashes[str(labels_path)] = sha256_file(labels_path)
-            _examples_from_rows(task, rows, normalizer, split_data)
+            _examples_from_rows(task, rows, normalizer, split_data, word_per_line=entry.format == "conll")
         return _finish(task, split_data)
 
 

@@ -15,7 +15,6 @@ the built-in scores of the task type plus the task's own metrics.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -28,8 +27,6 @@ from sklearn.metrics import f1_score as sk_f1_score
 
 from . import plugins
 from .tasks import MetricSpec, TaskSpec
-
-logger = logging.getLogger(__name__)
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 12345

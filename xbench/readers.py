@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 BUILTIN_FORMATS = ("tsv", "csv", "conll", "text_labels")
 

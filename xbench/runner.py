@@ -28,7 +28,7 @@ from pathlib import Path
 from . import leaderboard as leaderboard_module
 from .data import Example, MissingLanguageError, SplitData, make_data_source, subsample
 from .encoders import encode, decode_predictions
-from .metrics import bootstrap_ci, check_word_counts, majority_baseline, score
+from .metrics import check_word_counts, score_task, task_bootstrap_ci, task_majority_baseline
 from .models import (
     CHECKPOINT_INFO,
     ModelRef,
@@ -52,6 +52,7 @@ from .results import (
 )
 from .tasks import TaskRegistry, TaskSpec, default_task_dirs
 from .training import FineTuneConfig, fine_tune
+from .validate import check_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class TaskRun:
         def evaluate_dev(model) -> float:
             logits = predict_logits(model, encoded_dev, self.tokenizer.pad_token_id, desc="dev")
             predictions = decode_predictions(encoded_dev, logits, self.id2label)
-            return score(self.task.task_type, gold, predictions)[self.task.main_metric]
+            return score_task(self.task, gold, predictions)[self.task.main_metric]
 
         return evaluate_dev
 
@@ -258,10 +259,10 @@ class TaskRun:
         gold = [list(example.label) if self.task.is_token_task else example.label for example in examples]
         if self.task.is_token_task:
             check_word_counts(gold, predictions, f"{self.task.name} {plan.language}")
-        scores = score(self.task.task_type, gold, predictions)
+        scores = score_task(self.task, gold, predictions)
         main = self.task.main_metric
-        interval = bootstrap_ci(self.task.task_type, main, gold, predictions)
-        majority_label, baseline = majority_baseline(self.task.task_type, main, gold, self.train_labels)
+        interval = task_bootstrap_ci(self.task, main, gold, predictions)
+        majority_label, baseline = task_majority_baseline(self.task, gold, self.train_labels)
         if scores[main] <= baseline:
             logger.warning(
                 "%s %s: %s %.4f is at or below the majority-class baseline %.4f (always %r)",
@@ -355,6 +356,7 @@ def run(config: RunConfig) -> list[dict]:
     config = config.apply_preset()
     config.output.mkdir(parents=True, exist_ok=True)
     tasks = resolve_tasks(config)
+    check_tasks(tasks, config.data_dir)
     source = make_data_source(config.data_dir)
     store = ResultStore(config.output)
     environment = environment_provenance()

@@ -860,7 +860,10 @@ class TaskRegistry:
                 )
             close = difflib.get_close_matches(extends, sorted(self._definitions), n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise TaskFileError(f"{path}: extends: unknown task {extends!r}.{hint} Known tasks: {', '.join(sorted(self._definitions))}.")
+            raise TaskFileError(
+                f"{path}: extends: unknown task {extends!r}.{hint} Known tasks: {', '.join(sorted(self._definitions))}. "
+                "If another task file defines it, pass that file's folder with --tasks-dir."
+            )
         if (extends, end - 1) in stack:
             cycle = " -> ".join(f"{task} ({self._definitions[task][i].path})" for task, i in stack + [(extends, end - 1)])
             raise TaskFileError(f"{path}: extends: circular inheritance: {cycle}. Let one of these files stop extending the other.")
