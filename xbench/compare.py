@@ -81,6 +81,9 @@ def compare_runs(run_a: Path, run_b: Path, samples: int = BOOTSTRAP_SAMPLES) -> 
             )
         metric = record_a["main_metric"]
         task_type = record_a["task_type"]
+        # NOTE: only the built-in metrics (accuracy, macro_f1, NER f1) can be
+        # resampled here. A task whose main metric is a custom function fails
+        # with a ValueError that names the metric.
         dist_a = bootstrap_distribution(task_type, metric, gold_a, pred_a, samples)
         dist_b = bootstrap_distribution(task_type, metric, gold_b, pred_b, samples)
         diff = dist_a - dist_b
