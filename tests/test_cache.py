@@ -149,6 +149,18 @@ def test_encoder_version_change_misses(tasks, tokenizer, tmp_path, spy, monkeypa
     assert spy.calls == 2
 
 
+def test_tokenizer_call_state_keeps_key(tasks, tokenizer, tmp_path, spy):
+    fresh = load_tokenizer(parse_model_spec(tokenizer.name_or_path))
+    used = load_tokenizer(parse_model_spec(tokenizer.name_or_path))
+    used(["ein Satz"], ["noch einer"], truncation=True, max_length=8)
+    used(["ein Satz"], padding="max_length", max_length=8)
+    call(tasks["xnli"], fresh, PAIRS, tmp_path)
+
+    call(tasks["xnli"], used, PAIRS, tmp_path)
+
+    assert spy.calls == 1
+
+
 def test_moved_data_folder_hits(tasks, tokenizer, tmp_path, spy):
     call(tasks["xnli"], tokenizer, PAIRS, tmp_path, data_hashes={"/data/xnli/test-de.tsv": "0" * 64})
 

@@ -4,7 +4,8 @@
 that :func:`xbench.encoders.encode` returns, and stores it under a key that
 covers everything the encoding depends on:
 
-* the tokenizer (:func:`xbench.models.tokenizer_hash`);
+* the tokenizer (:func:`xbench.models.tokenizer_hash`, without the
+  truncation and padding state of the tokenizer's last call);
 * the data files (their sha256) and the examples themselves, so a different
   subsample or a changed reader gives another key;
 * the label map and the maximum sequence length;
@@ -85,16 +86,36 @@ def encoder_version() -> str:
     return digest.hexdigest()
 
 
+def stable_tokenizer_hash(tokenizer) -> str:
+    """Hash a tokenizer like :func:`xbench.models.tokenizer_hash`, leaving out its call state.
+
+    A fast tokenizer's backend stores the truncation and padding settings of
+    its last call, and ``tokenizer_hash`` hashes them with the rest. The same
+    tokenizer would then get another key after a call with
+    ``truncation=True``, for example after tokenising the training split.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer_hash(tokenizer)
+    vocab = tokenizer.get_vocab()
+    settings = json.loads(backend.to_str())
+    settings.pop("truncation", None)
+    settings.pop("padding", None)
+    payload = json.dumps(sorted(vocab.items()), ensure_ascii=False) + type(tokenizer).__name__
+    payload += json.dumps(settings, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def cached_tokenizer_hash(tokenizer) -> str:
-    """Return :func:`tokenizer_hash`, computed once per tokenizer object and vocabulary size."""
+    """Return :func:`stable_tokenizer_hash`, computed once per tokenizer object and vocabulary size."""
     size = len(tokenizer)
     try:
         stored = _tokenizer_hashes.get(tokenizer)
     except TypeError:
-        return tokenizer_hash(tokenizer)
+        return stable_tokenizer_hash(tokenizer)
     if stored is not None and stored[0] == size:
         return stored[1]
-    digest = tokenizer_hash(tokenizer)
+    digest = stable_tokenizer_hash(tokenizer)
     _tokenizer_hashes[tokenizer] = (size, digest)
     return digest
 

@@ -17,7 +17,6 @@ DEMO_DIR = Path(__file__).resolve().parent
 DEMO_DATA_DIR = DEMO_DIR / "data"
 DEMO_TASKS_DIR = DEMO_DIR / "tasks"
 DEMO_TASKS = ["demo-nli", "demo-ner", "demo-sentiment"]
-DEMO_VOCAB_SIZE = 2000
 DEMO_BANNER = (
     "DEMO: toy data written for xbench and a tiny randomly initialised model. "
     "These scores mean nothing; they only show that the pipeline runs."
@@ -35,19 +34,32 @@ def _demo_texts() -> list[str]:
 
 
 def build_demo_tokenizer(folder: Path) -> Path:
-    """Train a small cased WordPiece vocabulary on the demo texts and save it."""
-    from tokenizers import BertWordPieceTokenizer
+    """Write a cased WordPiece vocabulary of the demo texts and save a tokenizer.
 
-    from ..models import bare_bert_tokenizer
+    The vocabulary is every word and every character of the demo texts, in
+    sorted order, so it is the same on every machine and in every run. A
+    trained vocabulary would not be: ties between equally frequent merges are
+    broken differently from run to run, which changes the token ids.
+    """
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from transformers import BertTokenizerFast
 
     if (folder / "tokenizer_config.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    trainer = BertWordPieceTokenizer(lowercase=False, strip_accents=False, clean_text=True)
-    trainer.train_from_iterator(_demo_texts(), vocab_size=DEMO_VOCAB_SIZE, min_frequency=1, show_progress=False)
-    trainer.save_model(str(folder))
-    trainer.save(str(folder / "tokenizer.json"))
-    tokenizer = bare_bert_tokenizer(folder)
+    splitter = BertPreTokenizer()
+    words: set[str] = set()
+    for text in _demo_texts():
+        words.update(piece for piece, _ in splitter.pre_tokenize_str(text))
+    characters = sorted({character for word in words for character in word})
+    vocabulary = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + characters
+        + [f"##{character}" for character in characters]
+        + sorted(words - set(characters))
+    )
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False, strip_accents=False)
     tokenizer.save_pretrained(folder)
     logger.info("Built the demo tokenizer in %s (%d entries)", folder, len(tokenizer))
     return folder
