@@ -58,6 +58,15 @@ def run_child(arguments: list[str], log_path: Path) -> dict:
     return {"wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else float("nan")
+
+
 def scaling_arguments(args, output: Path, targets: list[str], eval_examples: int) -> list[str]:
     return [
         "--tasks", "wikiann",
@@ -113,6 +122,10 @@ def main(argv=None) -> int:
             results["languages"].append({"targets": count, **measured})
             print(f"   {count:7d} | {measured['wall_s']:6.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
 
+        if len(results["languages"]) > 1:
+            per_language = slope([(row["targets"], row["wall_s"]) for row in results["languages"]])
+            print(f"   fitted growth: {per_language:.1f} s per target language")
+
         print(f"\nexamples series: wikiann, {args.example_languages} target languages")
         print("   examples | wall s | cpu s | peak RSS MiB | load")
         for count in args.example_counts:
@@ -120,6 +133,10 @@ def main(argv=None) -> int:
             measured = run_child(scaling_arguments(args, root / name, TARGETS[: args.example_languages], count), root / f"{name}.log")
             results["examples"].append({"examples": count, **measured})
             print(f"   {count:8d} | {measured['wall_s']:6.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
+
+        if len(results["examples"]) > 1:
+            per_example = slope([(row["examples"], row["wall_s"]) for row in results["examples"]])
+            print(f"   fitted growth: {100 * per_example:.1f} s per 100 test examples per language")
 
         if args.quick_rss:
             quick = [
