@@ -56,9 +56,9 @@ from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 import xbench
 from xbench.cache import cached_encode
 from xbench.data import LocalDataSource, subsample
-from xbench.encoders import decode_predictions
+from xbench.encoders import MAX_SUBWORDS_PER_WORD, decode_predictions
 from xbench.models import build_model, label_maps, load_tokenizer, parse_model_spec
-from xbench.predict import plan_batches, predict_logits
+from xbench.predict import default_token_budget, plan_batches, predict_logits
 from xbench.tasks import TaskRegistry
 
 BASELINE_MAX_LENGTH = 128
@@ -224,10 +224,10 @@ def xbench_predict(model, encoded, pad_token_id: int, id2label: dict[int, str]) 
     return decode_predictions(encoded, logits, id2label)
 
 
-def padded_batches(encoded, pad_token_id: int) -> list[dict[str, torch.Tensor]]:
-    """Pad the batches that predict_logits forms, before any timing starts."""
+def padded_batches(encoded, pad_token_id: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Pad the batches that predict_logits forms on ``device``, before any timing starts."""
     batches = []
-    for batch in plan_batches(encoded.lengths()):
+    for batch in plan_batches(encoded.lengths(), default_token_budget(device)):
         width = max(len(encoded.input_ids[index]) for index in batch)
         input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -388,7 +388,7 @@ def run_task(task, tokenizer, ref, source, args, cache_dir: Path) -> list[Langua
             encoded = cached_encode(task, tokenizer, examples, label2id, task.training.max_seq_length, data_hashes, cache_dir, f"tokenize {language}")
         with timed() as baseline_tokenize:
             dataset, first_subword = static_features(tokenizer, examples, token_task)
-        batches = padded_batches(encoded, pad_id)
+        batches = padded_batches(encoded, pad_id, next(model.parameters()).device)
 
         if not warmed_up:
             bare_forward(model, batches[-1:])
@@ -486,11 +486,13 @@ def summarize(label: str, results: list[LanguageResult]) -> dict:
         f"   time(a)/time(c) (wall): {summary['time_a_over_c']:.3f}   (cpu: {summary['cpu_time_a_over_c']:.3f})\n"
         f"   xbench's code around the forward alone (stub model): {summary['harness_s']:.2f} s, "
         f"{summary['harness_s'] / wall['c']:.2%} of the bare forward (c)\n"
-        f"   argmax agreement a vs b: {agreement.share:.4%} of {agreement.compared} {unit}"
+        f"   argmax agreement a vs b where both feed the model the same token ids: {agreement.same_input_share:.4%} of {agreement.same_input_compared} {unit}\n"
+        f"   argmax agreement a vs b over all {unit}: {agreement.share:.4%} of {agreement.compared}"
         + (f"; {agreement.missing_in_baseline} words cut off by (b)'s 128 limit, {agreement.share_with_missing:.4%} counting them as disagreements" if agreement.missing_in_baseline else "")
         + "\n"
-        f"   agreement where (a) and (b) feed identical token ids: {agreement.same_input_share:.4%} of {agreement.same_input_compared} {unit}; "
-        f"{agreement.examples_with_different_input} examples get other token ids in (a) (windows, empty or long words)\n"
+        f"   {agreement.examples_with_different_input} examples get other token ids in (a) than in (b): sentences longer than the maximum length, "
+        f"which (a) scores in overlapping windows and (b) truncates, words with no subwords, which (a) maps to [UNK], "
+        f"and words of more than {MAX_SUBWORDS_PER_WORD} subwords, which (a) cuts\n"
         f"   padded tokens: a {summary['padded_tokens']['a']}, b {summary['padded_tokens']['b']}\n"
         f"   tokenisation (separate): xbench first run {summary['tokenize_s']['xbench_cold']:.2f} s, "
         f"xbench from cache {summary['tokenize_s']['xbench_cached']:.2f} s, baseline {summary['tokenize_s']['baseline']:.2f} s",

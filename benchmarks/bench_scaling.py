@@ -43,9 +43,13 @@ TARGETS = ["de", "fr", "ar", "zh", "ru", "hi", "ja", "fi"]
 
 
 def run_child(arguments: list[str], log_path: Path) -> dict:
-    """Run one benchmark child process; return its wall time, peak RSS and exit code."""
+    """Run one benchmark child process; return its wall time, peak RSS and the time split by step.
+
+    Each child gets its own empty tokenisation cache, so every run tokenises
+    its splits once, as a first run would.
+    """
     command = [sys.executable, str(REPO_ROOT / "run_benchmark.py"), *arguments]
-    environment = {**os.environ, "TQDM_DISABLE": "1"}
+    environment = {**os.environ, "TQDM_DISABLE": "1", "XBENCH_CACHE_DIR": str(log_path.with_suffix(".cache"))}
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=environment)
@@ -54,8 +58,27 @@ def run_child(arguments: list[str], log_path: Path) -> dict:
     wall = time.perf_counter() - started
     if exit_code != 0:
         raise RuntimeError(f"run_benchmark.py failed with exit code {exit_code}; see {log_path}")
+    output = Path(arguments[arguments.index("--output") + 1])
     # ru_maxrss is in KiB on Linux.
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
+    return {
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        **step_times(output),
+    }
+
+
+def step_times(run_dir: Path) -> dict:
+    """Sum the fine-tuning and evaluation wall times that the run recorded."""
+    fine_tune = sum(
+        json.loads(path.read_text(encoding="utf-8")).get("wall_time_s", 0.0)
+        for path in run_dir.glob("checkpoints/*/*/*/xbench_checkpoint.json")
+    )
+    evaluation = sum(
+        json.loads(path.read_text(encoding="utf-8")).get("wall_time_s", 0.0)
+        for path in run_dir.glob("store/*/*/*/*.json")
+    )
+    return {"fine_tune_s": round(fine_tune, 1), "evaluation_s": round(evaluation, 1)}
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -115,28 +138,30 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="xbench-bench-scaling-") as temporary:
         root = Path(temporary)
         print(f"\nlanguages series: wikiann, {args.train_examples} training examples, 1 epoch, {args.language_examples} test examples per language")
-        print("   targets | wall s | cpu s | peak RSS MiB | load")
+        print("   targets | wall s | fine-tune s | evaluation s | cpu s | peak RSS MiB | load")
         for count in args.language_counts:
             name = f"languages-{count}"
             measured = run_child(scaling_arguments(args, root / name, TARGETS[:count], args.language_examples), root / f"{name}.log")
             results["languages"].append({"targets": count, **measured})
-            print(f"   {count:7d} | {measured['wall_s']:6.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
+            print(f"   {count:7d} | {measured['wall_s']:6.1f} | {measured['fine_tune_s']:11.1f} | {measured['evaluation_s']:12.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
 
         if len(results["languages"]) > 1:
-            per_language = slope([(row["targets"], row["wall_s"]) for row in results["languages"]])
-            print(f"   fitted growth: {per_language:.1f} s per target language")
+            per_language = slope([(row["targets"], row["evaluation_s"]) for row in results["languages"]])
+            fine_tune_growth = slope([(row["targets"], row["fine_tune_s"]) for row in results["languages"]])
+            print(f"   fitted growth: evaluation {per_language:.1f} s per target language, fine-tuning {fine_tune_growth:.2f} s per target language")
 
         print(f"\nexamples series: wikiann, {args.example_languages} target languages")
-        print("   examples | wall s | cpu s | peak RSS MiB | load")
+        print("   examples | wall s | fine-tune s | evaluation s | cpu s | peak RSS MiB | load")
         for count in args.example_counts:
             name = f"examples-{count}"
             measured = run_child(scaling_arguments(args, root / name, TARGETS[: args.example_languages], count), root / f"{name}.log")
             results["examples"].append({"examples": count, **measured})
-            print(f"   {count:8d} | {measured['wall_s']:6.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
+            print(f"   {count:8d} | {measured['wall_s']:6.1f} | {measured['fine_tune_s']:11.1f} | {measured['evaluation_s']:12.1f} | {measured['cpu_s']:5.1f} | {measured['peak_rss_mib']:12.1f} | {load_average()}", flush=True)
 
         if len(results["examples"]) > 1:
-            per_example = slope([(row["examples"], row["wall_s"]) for row in results["examples"]])
-            print(f"   fitted growth: {100 * per_example:.1f} s per 100 test examples per language")
+            per_example = slope([(row["examples"], row["evaluation_s"]) for row in results["examples"]])
+            fine_tune_growth = slope([(row["examples"], row["fine_tune_s"]) for row in results["examples"]])
+            print(f"   fitted growth: evaluation {100 * per_example:.1f} s per 100 test examples per language, fine-tuning {100 * fine_tune_growth:.2f} s")
 
         if args.quick_rss:
             quick = [

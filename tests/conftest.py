@@ -7,11 +7,19 @@ they are skipped with a reason, except under CI (``CI`` set), where they fail.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # Runs started by tests, in-process or as subprocesses, cache tokenised
+    # splits in a folder of this session, never in the user's cache.
+    if "XBENCH_CACHE_DIR" not in os.environ:
+        os.environ["XBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="xbench-test-cache-")
 
 
 def _require(reason: str):

@@ -239,3 +239,42 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     assert cache.default_cache_dir() == tmp_path / "xbench" / "encoded"
+
+
+def _runner_config(data_dir: Path, tokenizer_dir: Path, output: Path, cache_dir: Path, use_cache: bool = True):
+    from xbench.runner import RunConfig
+
+    return RunConfig(
+        tasks=["wikiann"],
+        models=[f"tiny-random:{tokenizer_dir}"],
+        output=output,
+        data_dir=data_dir,
+        target_langs=["de"],
+        max_train_examples=8,
+        max_eval_examples=5,
+        max_dev_examples=5,
+        epochs=1,
+        batch_size=4,
+        max_seq_length=32,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+    )
+
+
+def test_second_run_reads_every_split_from_cache(data_dir, mbert_tokenizer_dir, tmp_path, spy):
+    from xbench.runner import run
+
+    first = run(_runner_config(data_dir, mbert_tokenizer_dir, tmp_path / "first", tmp_path / "cache"))
+    calls_after_first = spy.calls
+    second = run(_runner_config(data_dir, mbert_tokenizer_dir, tmp_path / "second", tmp_path / "cache"))
+    # train, dev and the en and de test splits are tokenised once, in the first run only.
+    assert calls_after_first == 4
+    assert spy.calls == calls_after_first
+    assert [record["scores"] for record in second] == [record["scores"] for record in first]
+
+
+def test_no_cache_writes_no_files(data_dir, mbert_tokenizer_dir, tmp_path, spy):
+    from xbench.runner import run
+
+    run(_runner_config(data_dir, mbert_tokenizer_dir, tmp_path / "run", tmp_path / "cache", use_cache=False))
+    assert not (tmp_path / "cache").exists()

@@ -133,9 +133,14 @@ def bare_bert_tokenizer(folder: Path):
 
 
 def folder_hash(path: Path) -> str:
-    """sha256 over the names and bytes of the files in a model folder."""
+    """sha256 over the names and bytes of the files at the top of a model folder.
+
+    Subfolders are left out: a Hugging Face model folder keeps its weights,
+    config and tokenizer at the top, and subfolders such as ``checkpoint-*``
+    hold training state that ``from_pretrained`` never reads.
+    """
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -6,6 +6,12 @@ epoch the model is scored on the source-language dev split with the same
 evaluation path and metric as the test sets, and the best epoch's weights
 are kept. When a task has no dev split, the last epoch is kept and the
 training record states that.
+
+Under torchrun or accelerate launch every rank trains with
+DistributedDataParallel. ``FineTuneConfig.batch_size`` stays the global
+batch, so each rank takes ``batch_size / world_size`` examples per step and
+the recipe means the same on one device or several. Rank 0 computes the dev
+score and broadcasts it, so every rank keeps the same epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from . import distributed
 from .encoders import EncodedSplit
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ class FineTuneResult:
     loss_log: list[dict] = field(default_factory=list)
     train_examples: int = 0
     steps: int = 0
+    world_size: int = 1
 
 
 class EncodedDataset(Dataset):
@@ -90,7 +98,7 @@ class DevSelectionCallback(TrainerCallback):
         epoch = int(round(state.epoch or 0))
         if self.evaluate_dev is None:
             return
-        score = self.evaluate_dev(model)
+        score = distributed.compute_on_main(lambda: self.evaluate_dev(model))
         self.result.dev_scores.append(score)
         logger.info("epoch %d: dev score %.4f", epoch, score)
         if score > self.best_score:
@@ -101,6 +109,15 @@ class DevSelectionCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.result.loss_log.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": logs["loss"]})
+
+
+def _per_device_batch_size(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(
+            f"Batch size {batch_size} cannot be split evenly across {world_size} processes. "
+            f"Pass a --batch-size that is a multiple of {world_size}."
+        )
+    return batch_size // world_size
 
 
 def fine_tune(
@@ -117,14 +134,16 @@ def fine_tune(
         selection="best dev epoch" if evaluate_dev is not None else "last epoch (the task has no dev split)",
         best_epoch=None,
         train_examples=len(train),
+        world_size=distributed.world_size(),
     )
+    per_device_batch_size = _per_device_batch_size(config.batch_size, result.world_size)
     steps_per_epoch = max(1, math.ceil(len(train) / (config.batch_size * config.gradient_accumulation_steps)))
     total_steps = math.ceil(steps_per_epoch * config.epochs)
     args = TrainingArguments(
         output_dir=str(work_dir),
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         warmup_steps=int(config.warmup_ratio * total_steps),
         weight_decay=config.weight_decay,
@@ -140,6 +159,8 @@ def fine_tune(
         disable_tqdm=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        # Without it, accelerate picks MPI on CPU when torch was built with MPI.
+        ddp_backend=distributed.backend() if distributed.is_distributed() else None,
     )
     collator = DataCollatorForTokenClassification(tokenizer) if token_task else DataCollatorWithPadding(tokenizer)
     callback = DevSelectionCallback(evaluate_dev, result)
