@@ -278,3 +278,12 @@ def test_no_cache_writes_no_files(data_dir, mbert_tokenizer_dir, tmp_path, spy):
 
     run(_runner_config(data_dir, mbert_tokenizer_dir, tmp_path / "run", tmp_path / "cache", use_cache=False))
     assert not (tmp_path / "cache").exists()
+
+
+def test_max_length_beyond_positions_rejected(data_dir, mbert_tokenizer_dir, tmp_path):
+    from xbench.runner import run
+
+    config = _runner_config(data_dir, mbert_tokenizer_dir, tmp_path / "run", tmp_path / "cache")
+    config.max_seq_length = 600
+    with pytest.raises(ValueError, match="--max-seq-length 600 is longer than the 512 positions"):
+        run(config)

@@ -273,10 +273,10 @@ class TaskRun:
     def check_max_length(self, model) -> None:
         """Raise ValueError if the model has fewer position embeddings than --max-seq-length needs."""
         positions = getattr(model.config, "max_position_embeddings", None)
-        wanted = self.train_config.max_seq_length
-        if positions is not None and wanted > positions:
+        requested = self.train_config.max_seq_length
+        if positions is not None and requested > positions:
             raise ValueError(
-                f"--max-seq-length {wanted} is longer than the {positions} positions of {self.ref.display_name}; "
+                f"--max-seq-length {requested} is longer than the {positions} positions of {self.ref.display_name}; "
                 f"pass --max-seq-length {positions} or less"
             )
 
@@ -416,7 +416,7 @@ def resolve_tasks(config: RunConfig) -> list[TaskSpec]:
 
 @dataclass
 class RunSetup:
-    """What the units of one run share: the resolved config and tasks, the store, the data source."""
+    """Shared state of one run's units: the resolved config and tasks, the store and the data source."""
 
     config: RunConfig
     tasks: list[TaskSpec]
@@ -428,7 +428,7 @@ class RunSetup:
         return TaskRun(task, parse_model_spec(model_spec), seed, self.config, self.store, self.source, self.environment)
 
     def task_runs(self) -> list[TaskRun]:
-        """Every (task, model, seed) unit, in the order that :func:`run` runs them."""
+        """Return every (task, model, seed) unit, in the order that :func:`run` runs them."""
         return [self.task_run(task, spec, seed) for spec in self.config.models for task in self.tasks for seed in self.config.seeds]
 
 
@@ -458,7 +458,7 @@ def run_unit(
 ) -> list[str]:
     """Fine-tune and score one task, model and seed: the unit of work of every launcher.
 
-    Results that the store already holds (under the overwrite policy) and the
+    Results that the store already contains (under the overwrite policy) and the
     languages in ``skip_languages`` are not scored again. ``on_stored`` is
     called with each record right after it is written. Under torchrun the
     languages are dealt out round-robin across the ranks, and rank 0 gathers
