@@ -105,6 +105,17 @@ def test_compare_two_demo_runs(tmp_path: Path, capsys):
         assert f"| demo-sentiment | {language}" in output
 
 
+def test_compare_p_value_floor(tmp_path: Path):
+    from xbench.compare import compare_runs
+
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", "--preset", "demo", "--output", str(run_a), "--tasks", "demo-sentiment"]) == 0
+    assert main(["run", "--preset", "demo", "--output", str(run_b), "--tasks", "demo-sentiment", "--learning-rate", "1e-2"]) == 0
+    comparisons = compare_runs(run_a, run_b, samples=99)
+    # With 99 resamples the smallest two-sided p-value is 2 / 100.
+    assert min(comparison.p_value for comparison in comparisons) >= 0.02
+
+
 def test_leaderboard_command_writes_formats(tmp_path: Path, capsys):
     run_dir = tmp_path / "run"
     assert main(["run", "--preset", "demo", "--output", str(run_dir), "--tasks", "demo-nli"]) == 0
@@ -113,3 +124,14 @@ def test_leaderboard_command_writes_formats(tmp_path: Path, capsys):
     assert {"leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json", "leaderboard.html"} <= names
     payload = json.loads((tmp_path / "tables" / "leaderboard.json").read_text(encoding="utf-8"))
     assert payload
+
+
+def test_demo_banner_with_own_model(tmp_path: Path):
+    from xbench.demo import build_demo_tokenizer
+
+    tokenizer_dir = build_demo_tokenizer(tmp_path / "tokenizer")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--preset", "demo", "--tasks", "demo-nli", "--model", f"tiny-random:{tokenizer_dir}", "--output", str(run_dir)]) == 0
+    table = (run_dir / "leaderboard.md").read_text(encoding="utf-8")
+    assert table.startswith("> DEMO: toy data written for xbench, a few dozen")
+    assert not (run_dir / "demo-tokenizer").exists()

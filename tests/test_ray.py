@@ -176,7 +176,7 @@ def test_ray_launcher_without_ray_names_install(monkeypatch, tmp_path, caplog):
     code = main(["run", "--launcher", "ray", "--tasks", "wikiann", "--output", str(tmp_path / "run")])
 
     assert code == 2
-    assert 'pip install "xbench[ray]"' in caplog.text
+    assert 'pip install -e ".[ray]"' in caplog.text
     assert not (tmp_path / "run").exists()
 
 

@@ -577,3 +577,12 @@ def test_builtin_tasks_valid_against_data(data_dir: Path):
     results = validate_task_files(sorted(BUILTIN_TASKS.glob("*.yaml")), data_dir=data_dir)
 
     assert results == {path: [] for path in sorted(BUILTIN_TASKS.glob("*.yaml"))}
+
+
+def test_data_root_one_level_up_named(data_dir):
+    registry = TaskRegistry()
+    with pytest.raises(TaskFileError) as caught:
+        check_tasks([registry.get("xnli")], data_dir.parent)
+    assert len(caught.value.errors) == 1
+    assert "Point --data-dir at the folder that contains" in caught.value.errors[0]
+    assert "xnli/test-{lang}.tsv" in caught.value.errors[0]

@@ -40,6 +40,7 @@ from . import encoders
 from .data import Example
 from .encoders import EncodedSplit, encode
 from .models import tokenizer_hash
+from .results import default_file_mode
 from .tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ def save_encoded(path: Path, key: dict, encoded: EncodedSplit) -> None:
             np.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, default_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

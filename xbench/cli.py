@@ -60,7 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     launch = parser.add_argument_group("launcher", "Where the task x model x seed units run. See docs/scaling-out.md.")
     launch.add_argument("--launcher", choices=["local", "ray"], default="local", help=(
         "'local' (default): one unit after another in this process, or in every rank under torchrun. "
-        "'ray': each unit is a Ray task; needs pip install \"xbench[ray]\" and a run folder that every node shares."))
+        "'ray': each unit is a Ray task; needs Ray (pip install -e \".[ray]\" in the xbench folder) and a run folder that every node shares."))
     launch.add_argument("--ray-address", default=None, help="Ray cluster to connect to, as 'auto' or HOST:PORT (default: RAY_ADDRESS, else the cluster started last on this machine, else a new local instance).")
     launch.add_argument("--cpus-per-run", type=float, default=None, help="CPUs Ray reserves for each unit; also its torch thread count (default: 1).")
     launch.add_argument("--gpus-per-run", type=float, default=None, help="GPUs Ray reserves for each unit (default: 0).")

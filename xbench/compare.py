@@ -4,7 +4,9 @@ Both runs must have scored the same test examples (same ids in the same
 order). For each (task, language, seed) the same bootstrap resamples are
 applied to both systems' predictions, and the two-sided p-value is the share
 of resamples whose score difference has the other sign than zero allows:
-``p = min(1, 2 * min(P(diff <= 0), P(diff >= 0)))``.
+``p = min(1, 2 * (k + 1) / (B + 1))``, where ``k`` is the smaller of the
+counts of resamples with ``diff <= 0`` and with ``diff >= 0``, and ``B`` is
+the number of resamples.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ def compare_runs(run_a: Path, run_b: Path, samples: int = BOOTSTRAP_SAMPLES) -> 
         dist_a = bootstrap_distribution(task_type, metric, gold_a, pred_a, samples)
         dist_b = bootstrap_distribution(task_type, metric, gold_b, pred_b, samples)
         diff = dist_a - dist_b
-        p_value = min(1.0, 2 * min(float(np.mean(diff <= 0)), float(np.mean(diff >= 0))))
+        # (k + 1) / (B + 1): a bootstrap with B resamples cannot show a p-value below 1 / (B + 1).
+        tail = min(int(np.sum(diff <= 0)), int(np.sum(diff >= 0)))
+        p_value = min(1.0, 2 * (tail + 1) / (len(diff) + 1))
         low, high = np.percentile(diff, [2.5, 97.5])
         comparisons.append(
             Comparison(

@@ -42,7 +42,7 @@ from .runner import RunConfig, RunSetup, run_unit, setup_run, start_run, write_s
 
 logger = logging.getLogger(__name__)
 
-RAY_INSTALL = 'pip install "xbench[ray]"'
+RAY_INSTALL = 'pip install -e ".[ray]" (from the xbench source folder)'
 FAIL_ONCE_ENV = "XBENCH_FAIL_ONCE"
 
 PENDING, DONE, FAILED, SKIPPED = "pending", "done", "failed", "skipped"
@@ -170,7 +170,8 @@ def run_ray(config: RunConfig, options: RayOptions) -> GridReport:
         )
     setup = start_run(config)
     outcomes, pending = plan_grid(setup)
-    logger.info("Units to submit: %d of %d. The others have all their results.", len(pending), len(outcomes))
+    skipped_note = " The others have all their results." if len(pending) < len(outcomes) else ""
+    logger.info("Units to submit: %d of %d.%s", len(pending), len(outcomes), skipped_note)
     if pending:
         connected_here = not ray.is_initialized()
         if connected_here:

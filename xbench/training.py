@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -120,6 +121,15 @@ def _per_device_batch_size(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+class LoggingProgressCallback(ProgressCallback):
+    """Trainer progress bars, with the loss lines sent to ``logging`` instead of stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            shown = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in logs.items() if key != "total_flos"}
+            logger.info("step %d: %s", state.global_step, shown)
+
+
 def fine_tune(
     model,
     tokenizer,
@@ -172,6 +182,10 @@ def fine_tune(
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    # ProgressCallback prints each log dict to stdout through tqdm, where it
+    # would mix with the tables that a run prints at the end.
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LoggingProgressCallback())
     output = trainer.train()
     result.steps = output.global_step
     if callback.best_state is not None:

@@ -88,7 +88,16 @@ def check_tasks(tasks: list[TaskSpec], data_dir: Path | str | None = None) -> No
                 f"{task.path}: sources.hub: missing, and no --data-dir was given, so task {task.name} has no data. "
                 "Pass --data-dir with the files that sources.local names, or add a hub source."
             )
-        errors += validate_task(task, data_dir)
+        task_errors = validate_task(task, data_dir)
+        missing = [error for error in task_errors if " file not found for language " in error]
+        if task.local is not None and len(missing) == len(task_errors) >= len(task.languages):
+            # No language has its files: the data root is wrong, not the task file.
+            patterns = ", ".join(entry.path for entries in task.local.splits.values() for entry in entries)
+            task_errors = [
+                f"{task.path}: none of the {len(missing)} data files checked for task {task.name} exists under --data-dir {data_dir}. "
+                f"Point --data-dir at the folder that contains the paths in sources.local ({patterns})."
+            ]
+        errors += task_errors
     if errors:
         raise TaskFileError("Task check failed before training:\n  " + "\n  ".join(errors), errors)
     logger.info("Checked %d task(s): %s", len(tasks), ", ".join(task.name for task in tasks))

@@ -21,6 +21,11 @@ DEMO_BANNER = (
     "DEMO: toy data written for xbench and a tiny randomly initialised model. "
     "These scores mean nothing; they only show that the pipeline runs."
 )
+# The banner when --model replaces the tiny model.
+DEMO_BANNER_OWN_MODEL = (
+    "DEMO: toy data written for xbench, a few dozen examples per language. "
+    "These scores mean nothing; they only show that the pipeline runs."
+)
 
 
 def _demo_texts() -> list[str]:
@@ -68,14 +73,14 @@ def build_demo_tokenizer(folder: Path) -> Path:
 def demo_config(config, explicit_tasks: bool, explicit_model: bool, explicit_output: bool):
     """Point a run config at the bundled demo tasks, data and tiny model."""
     output = config.output if explicit_output else Path("runs/demo")
-    tokenizer_dir = build_demo_tokenizer(output / "demo-tokenizer")
+    models = config.models if explicit_model else [f"tiny-random:{build_demo_tokenizer(output / 'demo-tokenizer')}"]
     return dataclasses.replace(
         config,
         tasks=config.tasks if explicit_tasks else list(DEMO_TASKS),
-        models=config.models if explicit_model else [f"tiny-random:{tokenizer_dir}"],
+        models=models,
         output=output,
         data_dir=config.data_dir or DEMO_DATA_DIR,
         task_dirs=[DEMO_TASKS_DIR] + list(config.task_dirs or []),
-        banner=DEMO_BANNER,
+        banner=DEMO_BANNER_OWN_MODEL if explicit_model else DEMO_BANNER,
         preset=None,
     )
