@@ -135,3 +135,12 @@ def test_demo_banner_with_own_model(tmp_path: Path):
     table = (run_dir / "leaderboard.md").read_text(encoding="utf-8")
     assert table.startswith("> DEMO: toy data written for xbench, a few dozen")
     assert not (run_dir / "demo-tokenizer").exists()
+
+
+def test_leaderboard_keeps_demo_banner(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "--preset", "demo", "--output", str(run_dir), "--tasks", "demo-nli"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", str(run_dir), "--output", str(tmp_path / "tables")]) == 0
+    assert capsys.readouterr().out.startswith("> DEMO:")
+    assert (tmp_path / "tables" / "leaderboard.md").read_text(encoding="utf-8").startswith("> DEMO:")

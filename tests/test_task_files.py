@@ -586,3 +586,13 @@ def test_data_root_one_level_up_named(data_dir):
     assert len(caught.value.errors) == 1
     assert "Point --data-dir at the folder that contains" in caught.value.errors[0]
     assert "xnli/test-{lang}.tsv" in caught.value.errors[0]
+
+
+def test_validate_without_data_needs_train_split(tmp_path):
+    task_file = tmp_path / "no-train.yaml"
+    spec = yaml.safe_load((default_task_dirs()[0] / "sentiment.yaml").read_text(encoding="utf-8"))
+    spec["name"] = "no-train"
+    del spec["sources"]["local"]["splits"]["train"]
+    task_file.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    errors = validate_task_files([task_file])[task_file]
+    assert any("sources.local.splits.train: missing" in error for error in errors)

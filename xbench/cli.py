@@ -216,7 +216,7 @@ def command_tasks_validate(args: argparse.Namespace) -> int:
     from .validate import format_report, validate_task_files
 
     results = validate_task_files(args.files, data_dir=args.data_dir, task_dirs=args.tasks_dir)
-    print(format_report(results))
+    print(format_report(results, data_checked=args.data_dir is not None))
     return 0 if all(not errors for errors in results.values()) else 1
 
 
@@ -229,11 +229,33 @@ def command_leaderboard(args: argparse.Namespace) -> int:
         print(f"No results found in {', '.join(map(str, args.results))}.", file=sys.stderr)
         return 1
     board = leaderboard.build_leaderboard(records)
-    print(leaderboard.to_markdown(board))
+    banners = _run_banners(args.results)
+    markdown = "".join(f"> {banner}\n\n" for banner in banners) + leaderboard.to_markdown(board)
+    print(markdown)
     if args.output:
         for path in leaderboard.write_leaderboard(board, args.output):
             logger.info("wrote %s", path)
+        if banners:
+            # The demo's warning travels with its scores into the Markdown table.
+            (Path(args.output) / "leaderboard.md").write_text(markdown, encoding="utf-8")
+    for banner in banners:
+        logger.warning("These results include a run marked: %s", banner)
     return 0
+
+
+def _run_banners(paths: list[Path]) -> list[str]:
+    """Return the distinct banners (such as the demo's) in the config.json of the given run folders."""
+    import json
+
+    banners: list[str] = []
+    for path in paths:
+        config = Path(path) / "config.json"
+        if not config.is_file():
+            continue
+        banner = json.loads(config.read_text(encoding="utf-8")).get("banner")
+        if banner and banner not in banners:
+            banners.append(banner)
+    return banners
 
 
 def command_compare(args: argparse.Namespace) -> int:
