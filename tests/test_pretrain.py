@@ -528,3 +528,10 @@ def test_mbert_tokenizer_loads_for_pretraining(mbert_tokenizer_dir: Path):
     tokenizer = load_pretrained_tokenizer(str(mbert_tokenizer_dir))
     assert tokenizer.mask_token_id == 103
     assert len(tokenizer) == 119547
+
+
+def test_warmup_beyond_max_steps_warns(tmp_path, caplog):
+    config = PretrainConfig(corpus=tmp_path, output=tmp_path / "out", tokenizer="unused", max_steps=30, warmup_steps=100)
+    with caplog.at_level("WARNING", logger="xbench.pretrain"):
+        config.validate()
+    assert "--warmup-steps 100 is not below --max-steps 30" in caplog.text

@@ -188,6 +188,12 @@ class PretrainConfig:
 
         if problems:
             raise PretrainConfigError("Invalid pretraining settings. " + " ".join(problems))
+        if self.warmup_steps >= self.max_steps:
+            logger.warning(
+                "--warmup-steps %d is not below --max-steps %d, so the learning rate never reaches --learning-rate %g. "
+                "Lower --warmup-steps to run at the peak rate.",
+                self.warmup_steps, self.max_steps, self.learning_rate,
+            )
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
