@@ -144,3 +144,11 @@ def test_leaderboard_keeps_demo_banner(tmp_path: Path, capsys):
     assert main(["leaderboard", str(run_dir), "--output", str(tmp_path / "tables")]) == 0
     assert capsys.readouterr().out.startswith("> DEMO:")
     assert (tmp_path / "tables" / "leaderboard.md").read_text(encoding="utf-8").startswith("> DEMO:")
+
+
+def test_changed_setting_named_on_rerun(tmp_path: Path, caplog):
+    run_dir = tmp_path / "run"
+    assert main(["run", "--preset", "demo", "--output", str(run_dir), "--tasks", "demo-nli"]) == 0
+    with caplog.at_level("ERROR", logger="xbench"):
+        assert main(["run", "--preset", "demo", "--output", str(run_dir), "--tasks", "demo-nli", "--epochs", "2"]) == 2
+    assert "epochs: stored 10, now 2.0" in caplog.text

@@ -82,8 +82,15 @@ class ResultStore:
             logger.warning("Ignoring unreadable result %s (%s); it will be recomputed", path, error)
             return None
 
-    def should_compute(self, task: str, model_slug: str, seed: int, language: str, expected_hash: str, policy: str) -> bool:
-        """Apply the overwrite policy to one result. True means compute it."""
+    def should_compute(
+        self, task: str, model_slug: str, seed: int, language: str, expected_hash: str, policy: str,
+        expected_config: dict | None = None,
+    ) -> bool:
+        """Apply the overwrite policy to one result. True means compute it.
+
+        ``expected_config`` is the configuration behind ``expected_hash``. When
+        given, a mismatch error names the settings that differ.
+        """
         if policy not in OVERWRITE_POLICIES:
             raise ValueError(f"Unknown overwrite policy {policy!r}. Use one of: {', '.join(OVERWRITE_POLICIES)}.")
         existing = self.get(task, model_slug, seed, language)
@@ -95,9 +102,15 @@ class ResultStore:
         if policy == "recompute":
             return True
         if existing.get("config_hash") != expected_hash:
+            stored = existing.get("provenance", {}).get("config")
+            if expected_config is not None and isinstance(stored, dict):
+                changed = sorted(key for key in set(stored) | set(expected_config) if stored.get(key) != expected_config.get(key))
+                difference = ", ".join(f"{key}: stored {stored.get(key)!r}, now {expected_config.get(key)!r}" for key in changed)
+            else:
+                difference = f"config hash {existing.get('config_hash')}, now {expected_hash}"
             raise ResultExistsError(
-                f"{where} was computed with another configuration (config hash {existing.get('config_hash')}, "
-                f"now {expected_hash}). Use --overwrite recompute to replace it, or another --output."
+                f"{where} was computed with another configuration ({difference}). "
+                "Use --overwrite recompute to replace it, or another --output."
             )
         return False
 

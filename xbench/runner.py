@@ -193,10 +193,13 @@ class TaskRun:
 
     def plan(self) -> list[LanguagePlan]:
         """Languages whose results still need computing under the overwrite policy."""
-        expected_hash = config_hash(self.result_identity())
+        identity = self.result_identity()
+        expected_hash = config_hash(identity)
+        # The stored copy went through JSON, so compare against the same form.
+        identity = json.loads(json.dumps(identity, default=str))
         plans = []
         for language in self.task.languages:
-            if self.store.should_compute(self.task.name, self.ref.slug, self.seed, language, expected_hash, self.config.overwrite):
+            if self.store.should_compute(self.task.name, self.ref.slug, self.seed, language, expected_hash, self.config.overwrite, identity):
                 plans.append(LanguagePlan(language, language == self.task.source_language))
             else:
                 logger.info("%s %s seed %d %s: result exists, skipped", self.task.name, self.ref.display_name, self.seed, language)
