@@ -156,6 +156,7 @@ class TaskRun:
         self.fine_tune_info: dict = {}
         self.train_files: dict[str, str] = {}
         self._model_provenance: dict | None = None
+        self._tokenizer_sha256: str | None = None
 
     # -- identities -------------------------------------------------------
 
@@ -184,6 +185,12 @@ class TaskRun:
         if self._model_provenance is None:
             self._model_provenance = model_provenance(self.ref)
         return self._model_provenance
+
+    def tokenizer_sha256(self) -> str:
+        """Return the tokenizer's hash, computed once per unit because hashing a large vocabulary takes a second."""
+        if self._tokenizer_sha256 is None:
+            self._tokenizer_sha256 = tokenizer_hash(self.tokenizer)
+        return self._tokenizer_sha256
 
     def checkpoint_dir(self) -> Path:
         digest = config_hash(self.training_identity())
@@ -357,7 +364,7 @@ class TaskRun:
             "provenance": {
                 **self.environment,
                 **self.model_provenance(),
-                "tokenizer_sha256": tokenizer_hash(self.tokenizer),
+                "tokenizer_sha256": self.tokenizer_sha256(),
                 "data_files_sha256": test.file_hashes,
                 "hub_revision": test.hub_revision,
                 "train_data": self.train_files,

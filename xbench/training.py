@@ -126,8 +126,8 @@ class LoggingProgressCallback(ProgressCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            shown = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in logs.items() if key != "total_flos"}
-            logger.info("step %d: %s", state.global_step, shown)
+            values = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in logs.items() if key != "total_flos"}
+            logger.info("step %d: %s", state.global_step, values)
 
 
 def fine_tune(

@@ -101,15 +101,16 @@ def check_tasks(tasks: list[TaskSpec], data_dir: Path | str | None = None) -> No
                 f"{task.path}: sources.hub: missing, and no --data-dir was given, so task {task.name} has no data. "
                 "Pass --data-dir with the files that sources.local names, or add a hub source."
             )
-        task_errors = validate_task(task, data_dir)
-        missing = [error for error in task_errors if " file not found for language " in error]
-        if task.local is not None and len(missing) == len(task_errors) >= len(task.languages):
+        candidates = _local_file_paths(task, Path(data_dir)) if data_dir is not None and task.local is not None else []
+        if candidates and not any(path.is_file() for path in candidates):
             # No language has its files: the data root is wrong, not the task file.
             patterns = ", ".join(entry.path for entries in task.local.splits.values() for entry in entries)
             task_errors = [
-                f"{task.path}: none of the {len(missing)} data files checked for task {task.name} exists under --data-dir {data_dir}. "
+                f"{task.path}: none of the {len(candidates)} data files checked for task {task.name} exists under --data-dir {data_dir}. "
                 f"Point --data-dir at the folder that contains the paths in sources.local ({patterns})."
             ]
+        else:
+            task_errors = validate_task(task, data_dir)
         errors += task_errors
     if errors:
         raise TaskFileError("Task check failed before training:\n  " + "\n  ".join(errors), errors)
@@ -253,6 +254,17 @@ def _check_language_files(task: TaskSpec, data_dir: Path, split: str, entries: t
     for index, entry in matching:
         errors += _check_file(task, data_dir, split, index, entry, language)
     return errors
+
+
+def _local_file_paths(task: TaskSpec, data_dir: Path) -> list[Path]:
+    """Return the data file of every split entry and task language, as a run would look for it."""
+    paths = []
+    for entries in task.local.splits.values():
+        for entry in entries:
+            for language in entry.languages or task.languages:
+                name = task.local.language_names.get(language, language)
+                paths.append(data_dir / entry.path.format(lang=language, language=name))
+    return list(dict.fromkeys(paths))
 
 
 def _language_list_key(task: TaskSpec, language: str) -> str:
